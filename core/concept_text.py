@@ -1,0 +1,128 @@
+"""Trigger words in prompts: the learned token embedding, and the superclass version of the prompt.
+
+Both wrappers are duck-typed over ComfyUI's tokenizer (``SD1Tokenizer``, ``SDXLTokenizer``, SD2's) and
+text encoder (``cond_stage_model``); a CLIP clone gets new wrappers, the shared originals are never
+mutated. The trigger must be one BPE token per tower, so a prompt's chunking (77-token chunks,
+weights like ``(sks:1.2)``) stays exactly as the stock tokenizer made it.
+"""
+
+from __future__ import annotations
+
+from .errors import ConceptError
+
+TOWERS = ("clip_l", "clip_g", "clip_h")     # tokenizer attribute; the token dict key is the last letter
+
+
+def _word_ids(sub_tokenizer, word):
+    ids = sub_tokenizer.tokenizer(word)["input_ids"]
+    start = getattr(sub_tokenizer, "tokens_start", 1)
+    end = -1 if getattr(sub_tokenizer, "end_token", None) is not None else None
+    return ids[start:end]
+
+
+class ConceptTokenizer:
+    """Tokenizer wrapper: the trigger's token id becomes the concept's embedding tensor.
+
+    ``concepts``: sequence of (trigger, superclass, {tower: embedding [width]}, label).
+    """
+
+    def __init__(self, inner, concepts):
+        if isinstance(inner, ConceptTokenizer):
+            inner = inner.inner
+        self.inner = inner
+        self.concepts = tuple(concepts)
+        self.swaps = {}            # token dict key -> {token id: embedding tensor}
+        self.superclass_ids = {}   # id(embedding tensor) -> (embedding, superclass token id)
+        towers = [t for t in TOWERS if getattr(inner, t, None) is not None]
+        if not towers:
+            raise ConceptError("this CLIP's tokenizer has no clip_l / clip_g / clip_h tower; "
+                               "Perfusion concepts need an SD1.x, SD2.x or SDXL text encoder")
+        for trigger, superclass, embeddings, label in self.concepts:
+            for tower in towers:
+                sub = getattr(inner, tower)
+                if tower not in embeddings:
+                    raise ConceptError(f"{label} has no embedding for the {tower} text encoder this CLIP "
+                                       f"uses (it has {', '.join(embeddings)}); it was made for another model family")
+                ids = _word_ids(sub, trigger)
+                if len(ids) != 1:
+                    raise ConceptError(
+                        f"{label}: the trigger {trigger!r} is {len(ids)} tokens for {tower}; a trigger must be "
+                        "one token (a short rare word such as 'sks' works); retrain with such a trigger")
+                table = self.swaps.setdefault(tower[-1], {})
+                if ids[0] in table:
+                    raise ConceptError(f"{label}: its trigger {trigger!r} is the same token as another concept's trigger")
+                table[ids[0]] = embeddings[tower]
+                super_ids = _word_ids(sub, superclass)
+                if not super_ids:
+                    raise ConceptError(f"{label}: the superclass {superclass!r} has no tokens")
+                # A several-token superclass ("teddy bear") keeps its head noun, the last token, so that
+                # the superclass prompt has the same length and positions as the trigger prompt.
+                self.superclass_ids[id(embeddings[tower])] = (embeddings[tower], super_ids[-1])
+
+    def tokenize_with_weights(self, text, return_word_ids=False, **kwargs):
+        out = self.inner.tokenize_with_weights(text, return_word_ids, **kwargs)
+        for key, segments in out.items():
+            table = self.swaps.get(key)
+            if table:
+                out[key] = [[(table[t[0]], *t[1:]) if isinstance(t[0], int) and t[0] in table else t
+                             for t in segment] for segment in segments]
+        return out
+
+    def untokenize(self, token_weight_pair):
+        return self.inner.untokenize(token_weight_pair)
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def __getattr__(self, name):
+        if name == "inner":     # not set yet (e.g. during copy): avoid recursing
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class ConceptTextEncoder:
+    """Text-encoder wrapper: also encodes the prompt with every trigger replaced by its superclass
+    token and returns it as a model cond, for global key locking (spec 4.2). A prompt without a
+    trigger returns its own encoding there (no second pass), so positive and negative still batch.
+
+    ``make_cond(tensor)`` wraps the context the way the sampler expects (comfy.conds.CONDCrossAttn).
+    """
+
+    def __init__(self, inner, superclass_ids: dict, cond_key: str, make_cond):
+        if isinstance(inner, ConceptTextEncoder):
+            inner = inner.inner
+        self.inner = inner
+        self.superclass_ids = superclass_ids
+        self.cond_key = cond_key
+        self.make_cond = make_cond
+
+    def _superclass_tokens(self, token_weight_pairs):
+        changed = False
+
+        def swap(t):
+            nonlocal changed
+            hit = self.superclass_ids.get(id(t[0]))
+            if hit is not None and hit[0] is t[0]:
+                changed = True
+                return (hit[1], *t[1:])
+            return t
+        if isinstance(token_weight_pairs, dict):
+            swapped = {k: [[swap(t) for t in seg] for seg in v] for k, v in token_weight_pairs.items()}
+        else:
+            swapped = [[swap(t) for t in seg] for seg in token_weight_pairs]
+        return swapped, changed
+
+    def encode_token_weights(self, token_weight_pairs):
+        out = self.inner.encode_token_weights(token_weight_pairs)
+        superclass_pairs, changed = self._superclass_tokens(token_weight_pairs)
+        superclass_context = self.inner.encode_token_weights(superclass_pairs)[0] if changed else out[0]
+        extra = dict(out[2]) if len(out) > 2 else {}
+        model_conds = dict(extra.get("model_conds", {}))
+        model_conds[self.cond_key] = self.make_cond(superclass_context)
+        extra["model_conds"] = model_conds
+        return (out[0], out[1], extra)
+
+    def __getattr__(self, name):
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)

@@ -1,0 +1,39 @@
+"""Gives a CLIP clone the concepts' trigger words (learned embedding + superclass prompt version)."""
+
+from __future__ import annotations
+
+import comfy.conds
+
+from ..core.concept_stack import SUPER_CONTEXT_KEY
+from ..core.concept_text import ConceptTextEncoder, ConceptTokenizer
+from ..core.errors import ConceptError
+
+
+def _tower_widths(clip) -> dict:
+    """{"clip_l": 768, ...}: the width of each text tower's token embedding."""
+    model = getattr(clip.cond_stage_model, "inner", clip.cond_stage_model)
+    widths = {}
+    for tower in ("clip_l", "clip_g", "clip_h"):
+        sub = getattr(model, tower, None)
+        if sub is not None:
+            widths[tower] = sub.transformer.get_input_embeddings().weight.shape[-1]
+    return widths
+
+
+def add_concept_to_clip(clip, concept):
+    """A clone of ``clip`` whose tokenizer turns ``concept.trigger`` into its learned embedding."""
+    widths = _tower_widths(clip)
+    for tower, width in widths.items():
+        vector = concept.embeddings.get(tower)
+        if vector is not None and vector.shape[0] != width:
+            raise ConceptError(f"{concept.label}: embedding.{tower} has {vector.shape[0]} values; this CLIP's "
+                               f"{tower} has {width}. It was made for another model family ({concept.model})")
+    previous = clip.tokenizer.concepts if isinstance(clip.tokenizer, ConceptTokenizer) else ()
+    entry = (concept.trigger, concept.superclass, concept.embeddings, concept.label)
+    tokenizer = ConceptTokenizer(clip.tokenizer, previous + (entry,))
+    encoder = ConceptTextEncoder(clip.cond_stage_model, tokenizer.superclass_ids, SUPER_CONTEXT_KEY,
+                                 comfy.conds.CONDCrossAttn)
+    patched = clip.clone()
+    patched.tokenizer = tokenizer
+    patched.cond_stage_model = encoder
+    return patched
