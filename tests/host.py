@@ -66,7 +66,8 @@ def init_random_(module, seed=0, std=0.02):
 
 
 SD15_CONTEXT = 64
-SDXL_L, SDXL_G, SDXL_POOLED = 32, 48, 40
+SDXL_L, SDXL_G = 32, 48
+SDXL_POOLED = SDXL_G      # pooled output width of the tiny clip_g
 
 
 def sd15_unet_config(context_dim=SD15_CONTEXT, model_channels=32):
@@ -120,7 +121,7 @@ def tiny_clip(family="sd1", seed=0):
     else:
         target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
         options = {"clip_l_model_config": _tower(SDXL_L),
-                   "clip_g_model_config": _tower(SDXL_G, projection_dim=SDXL_POOLED)}
+                   "clip_g_model_config": _tower(SDXL_G)}
     clip = comfy.sd.CLIP(target, model_options=options)
     init_random_(clip.cond_stage_model, seed + 1)
     return clip

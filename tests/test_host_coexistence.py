@@ -1,0 +1,206 @@
+"""Host tests: the concept edit next to other packs' patches, on SDXL shapes, batching, area conds and lowvram."""
+
+import copy
+
+import pytest
+
+import host  # skips this module without COMFYUI_PATH
+import torch
+
+import comfy.model_management
+import comfy.sampler_helpers
+import folder_paths
+import nodes as comfy_nodes
+from comfy.ldm.modules.attention import optimized_attention
+
+pack = host.load_pack()
+Load = pack.nodes.PerfusionLoadConcept
+Gate = pack.nodes.PerfusionGateStrength
+model_patch = pack.nodes.model_patch
+SUPER_KEY = pack.core.concept_stack.SUPER_CONTEXT_KEY
+
+
+@pytest.fixture(scope="module")
+def sd1(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("perfusion_coexist")
+    folder_paths.add_model_folder_path("perfusion", str(folder))
+    model, clip = host.tiny_model("sd1"), host.tiny_clip("sd1")
+    pack.core.concept_file.write_concept(str(folder / "co_sks.safetensors"),
+                                         host.concept_for(pack, model, clip, trigger="sks", superclass="teddy bear"))
+    return (model, clip) + tuple(Load().load(model, clip, "co_sks.safetensors", 1.0))
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("perfusion_xl")
+    folder_paths.add_model_folder_path("perfusion", str(folder))
+    model, clip = host.tiny_model("sdxl"), host.tiny_clip("sdxl")
+    pack.core.concept_file.write_concept(str(folder / "xl_sks.safetensors"),
+                                         host.concept_for(pack, model, clip, trigger="sks"))
+    return (model, clip) + tuple(Load().load(model, clip, "xl_sks.safetensors", 1.0))
+
+
+def context(clip, *texts):
+    return torch.cat([clip.encode_from_tokens(clip.tokenize(t)) for t in texts])
+
+
+def encode(clip, text):
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def test_sdxl_shapes(sdxl):
+    model, clip, patched, patched_clip = sdxl
+    layers = model_patch.cross_attention_layers(patched)
+    assert len(layers) == 28 and model_patch.model_family(patched) == ("sdxl", host.SDXL_L + host.SDXL_G)
+    assert any(".transformer_blocks.2.attn2" in p for p in layers)          # deep stacks are covered
+    tokens = patched_clip.tokenize("a photo of sks")
+    assert all(any(torch.is_tensor(t[0]) for t in tokens[k][0]) for k in ("l", "g"))
+    ctx = context(patched_clip, "a photo of sks", "")
+    y = torch.randn(2, host.SDXL_POOLED + 6 * 256, generator=torch.Generator().manual_seed(0))
+    calls = {}
+    handles = [getattr(m, proj).register_forward_hook(lambda mod, i, o, n=f"{p}.{proj}": calls.__setitem__(n, calls.get(n, 0) + 1))
+               for p, m in layers.items() for proj in ("to_k", "to_v")]
+    try:
+        out = host.unet_output(patched, ctx, y=y)
+    finally:
+        for h in handles:
+            h.remove()
+    assert set(calls.values()) == {1} and len(calls) == 56
+    reference = host.unet_output(model, ctx, y=y)
+    assert not torch.equal(out, reference)
+    off = Gate().apply(patched, "", 0.7, 0.15, 0.0, "local", 0.0, 1.0)[0]
+    assert torch.equal(host.unet_output(off, ctx, y=y), reference)
+    with torch.inference_mode():
+        samples = comfy_nodes.common_ksampler(patched, 0, 2, 5.0, "euler", "normal", encode(patched_clip, "sks"),
+                                              encode(patched_clip, ""), {"samples": torch.zeros(1, 4, 8, 8)})[0]["samples"]
+    assert torch.isfinite(samples).all()
+
+
+def test_ipadapter_style_attn2_replace_still_sees_the_edited_keys(sd1):
+    model, clip, patched, patched_clip = sd1
+    seen = {}
+
+    def replace(q, k, v, extra_options):        # what IPAdapter's Attn2Replace does with k, v
+        seen[extra_options["block"]] = k
+        return optimized_attention(q, k, v, extra_options["n_heads"])
+    def with_replace(m):
+        m = m.clone()
+        for block in (("input", 1), ("middle", 0), ("output", 11)):
+            m.set_model_attn2_replace(replace, *block)
+        return m
+    ctx = context(patched_clip, "a photo of sks")
+    host.unet_output(with_replace(patched), ctx)
+    edited_keys = dict(seen)
+    host.unet_output(with_replace(model), ctx)
+    assert set(edited_keys) == {("input", 1), ("middle", 0), ("output", 11)}
+    assert all(not torch.equal(edited_keys[b], seen[b]) for b in seen)      # the edit reached the replace
+    plain = host.unet_output(patched, ctx)
+    assert torch.allclose(host.unet_output(with_replace(patched), ctx), plain, atol=1e-5)
+
+
+def test_attn2_patch_users_compose(sd1):
+    model, clip, patched, patched_clip = sd1
+    calls = []
+
+    def patch(n, context_attn2, value_attn2, extra_options):
+        calls.append(extra_options["block"])
+        return n, context_attn2 * 1.5, value_attn2          # another pack changing the context
+    m = patched.clone()
+    m.set_model_attn2_patch(patch)
+    base = model.clone()
+    base.set_model_attn2_patch(patch)
+    ctx = context(patched_clip, "a photo of sks")
+    out = host.unet_output(m, ctx)
+    assert len(calls) == 16                                # once per block (cond batch in one forward)
+    assert not torch.equal(out, host.unet_output(patched, ctx)) and not torch.equal(out, host.unet_output(base, ctx))
+
+
+def test_cond_and_uncond_batch_like_separate_forwards(sd1):
+    model, clip, patched, patched_clip = sd1
+    pos, neg = context(patched_clip, "a photo of sks"), context(patched_clip, "blurry")
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    batched = host.unet_output(patched, torch.cat([pos, neg]), x=x)
+    assert torch.allclose(batched[:1], host.unet_output(patched, pos, x=x[:1]), atol=1e-5)
+    assert torch.allclose(batched[1:], host.unet_output(patched, neg, x=x[1:]), atol=1e-5)
+
+
+def test_negative_prompt_without_trigger_behaves_like_the_base_model(sd1):
+    model, clip, patched, patched_clip = sd1
+    ctx = context(patched_clip, "blurry, low quality")
+    assert torch.equal(ctx, context(clip, "blurry, low quality"))            # same encoding
+    ours, base = host.unet_output(patched, ctx), host.unet_output(model, ctx)
+    # only the method's small gate leak sigmoid(-beta/tau) o* remains
+    assert (ours - base).abs().max() < 0.2 * (base.abs().max())
+
+
+def test_area_conditioning_and_prompts_of_different_lengths(sd1):
+    model, clip, patched, patched_clip = sd1
+    long_prompt = "a photo of sks " + ", ".join(["in a garden"] * 30)        # two 77-token chunks
+    positive = encode(patched_clip, long_prompt)
+    assert positive[0][0].shape[1] == 154
+    area = comfy_nodes.ConditioningSetArea().append(encode(patched_clip, "sks"), 32, 32, 0, 0, 1.0)[0]
+    negative = encode(patched_clip, "blurry")
+    with torch.inference_mode():
+        out = comfy_nodes.common_ksampler(patched, 3, 2, 6.0, "euler", "normal", positive + area, negative,
+                                          {"samples": torch.zeros(2, 4, 8, 8)})[0]["samples"]
+    assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
+
+
+def test_lowvram_load_gives_the_same_output(sd1):
+    model, clip, patched, patched_clip = sd1
+    to_k = "diffusion_model." + next(iter(model_patch.cross_attention_layers(model))) + ".to_k"
+    m = patched.clone()
+    m.add_patches({to_k + ".weight": (torch.full_like(model.get_model_object(to_k).weight, 0.02),)}, 1.0)
+    ctx = context(patched_clip, "a photo of sks")
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    full = host.unet_output(m, ctx, x=x)
+    comfy.model_management.unload_all_models()
+    low = m.clone()
+    low.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=64 * 1024, load_weights=True)
+    try:
+        assert low.model.model_lowvram and low.is_injected
+        options = copy.deepcopy(low.model_options)
+        options.setdefault("transformer_options", {})
+        comfy.sampler_helpers.prepare_model_patcher(low, {}, options)
+        with torch.inference_mode():
+            out = low.model.apply_model(x, torch.ones(1), c_crossattn=ctx, transformer_options=options["transformer_options"])
+    finally:
+        low.unpatch_model(device_to=torch.device("cpu"))
+    assert torch.allclose(out, full, atol=1e-5)
+
+
+def test_clone_is_cheap_and_tensor_free(sd1):
+    model, clip, patched, patched_clip = sd1
+    gated = Gate().apply(patched, "", 0.6, 0.15, 1.0, "local", 0.0, 1.0)[0]
+
+    def tensors(obj):
+        if torch.is_tensor(obj):
+            return 1
+        if isinstance(obj, dict):
+            return sum(tensors(v) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return sum(tensors(v) for v in obj)
+        return 0
+    assert tensors(gated.model_options) == 0                              # deep-copied on every clone
+    clone = gated.clone()
+    assert clone.get_injections("perfusion")[0] is gated.get_injections("perfusion")[0]
+
+
+def test_global_key_lock_uses_the_superclass_prompt(sd1):
+    model, clip, patched, patched_clip = sd1
+    positive, negative = encode(patched_clip, "a photo of sks on a beach"), encode(patched_clip, "blurry")
+    superclass_context = positive[0][1]["model_conds"][SUPER_KEY].cond
+    assert superclass_context.shape == positive[0][0].shape and not torch.equal(superclass_context, positive[0][0])
+    assert torch.equal(superclass_context, context(clip, "a photo of bear on a beach"))   # head noun of "teddy bear"
+    assert negative[0][1]["model_conds"][SUPER_KEY].cond is negative[0][0]                  # no trigger: no 2nd pass
+
+    def sample(m, pos):
+        with torch.inference_mode():
+            return comfy_nodes.common_ksampler(m, 4, 2, 6.0, "euler", "normal", pos, negative,
+                                               {"samples": torch.zeros(1, 4, 8, 8)})[0]["samples"]
+    local = sample(Gate().apply(patched, "", 0.5, 0.15, 1.0, "local", 0.0, 1.0)[0], positive)
+    glob = sample(Gate().apply(patched, "", 0.5, 0.15, 1.0, "global", 0.0, 1.0)[0], positive)
+    assert not torch.equal(local, glob)
+    # a prompt encoded by the stock CLIP has no superclass version: global falls back to local
+    plain_pos = encode(clip, "a photo of sks on a beach")
+    assert SUPER_KEY not in plain_pos[0][1].get("model_conds", {})
