@@ -126,7 +126,14 @@ def edit_inputs(context: torch.Tensor, basis: ProjectionBasis, strength: torch.T
 
 def add_value_targets(value_output: torch.Tensor, value_gates: torch.Tensor,
                       value_targets: torch.Tensor) -> torch.Tensor:
-    """W value_input + sum_c lam_c g_c o_c: [..., d] + [..., N] @ [N, d] (model dtype)."""
-    flat = torch.addmm(value_output.reshape(-1, value_output.shape[-1]),
-                       value_gates.reshape(-1, value_gates.shape[-1]), value_targets)
+    """W value_input + sum_c lam_c g_c o_c: [..., d] + [..., N] @ [N, d] (model dtype).
+
+    ``value_output`` is the fresh output of the layer's own forward, so without autograd we add in
+    place: the add is one memory pass over the output, and allocating a second one doubled its cost.
+    """
+    gates = value_gates.reshape(-1, value_gates.shape[-1])
+    if not value_output.requires_grad and not gates.requires_grad and value_output.is_contiguous():
+        value_output.view(-1, value_output.shape[-1]).addmm_(gates, value_targets)
+        return value_output
+    flat = torch.addmm(value_output.reshape(-1, value_output.shape[-1]), gates, value_targets)
     return flat.view(value_output.shape)

@@ -6,7 +6,6 @@ Importing this module skips the importing test module, visibly, when COMFYUI_PAT
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
@@ -30,20 +29,7 @@ args.cpu = True
 import torch  # noqa: E402
 import comfy.model_management  # noqa: E402
 
-PACK_NAME = "comfyui_perfusion_under_test"
-
-
-def load_pack():
-    """This repository imported as a package, the way ComfyUI imports a custom node folder."""
-    if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_NAME, os.path.join(ROOT, "__init__.py"),
-                                                      submodule_search_locations=[ROOT])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = module
-        spec.loader.exec_module(module)
-    return sys.modules[PACK_NAME]
-
-
+from pack_loader import load_pack  # noqa: E402,F401
 from tiny_models import (SD15_CONTEXT, SDXL_G, SDXL_L, SDXL_POOLED, init_random_, tiny_clip,  # noqa: E402,F401
                          tiny_model, tiny_vae)
 
