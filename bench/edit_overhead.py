@@ -135,8 +135,9 @@ def full_unet(args, torch, core):
         return run
 
     sync = torch.cuda.synchronize if load_device.type == "cuda" else (lambda: None)
-    medians = interleaved({"no concept": forward(base), "1 concept": forward(one), "3 concepts": forward(three)},
-                          args.unet_rounds, sync, warmup=1)
+    # "no concept, again" is an A/A control: its difference to "no concept" is this machine's noise.
+    medians = interleaved({"no concept": forward(base), "1 concept": forward(one), "3 concepts": forward(three),
+                           "no concept, again": forward(base.clone())}, args.unet_rounds, sync, warmup=1)
     report(f"Full UNet forward, SD1.5 shape ({params / 1e6:.0f}M parameters, random), latent [2, 4, 32, 32], "
            f"context [2, 77, 768], {load_device}:", medians, "no concept")
 

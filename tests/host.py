@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import comfy.model_management  # noqa: E402
 
 from pack_loader import load_pack  # noqa: E402,F401
-from tiny_models import (SD15_CONTEXT, SDXL_G, SDXL_L, SDXL_POOLED, init_random_, tiny_clip,  # noqa: E402,F401
+from tiny_models import (SD15_CONTEXT, SD2_CONTEXT, SDXL_G, SDXL_L, SDXL_POOLED, init_random_, tiny_clip,  # noqa: E402,F401
                          tiny_model, tiny_vae)
 
 

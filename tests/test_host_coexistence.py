@@ -76,6 +76,23 @@ def test_sdxl_shapes(sdxl):
     assert torch.isfinite(samples).all()
 
 
+def test_sd2_shapes(tmp_path):
+    folder_paths.add_model_folder_path("perfusion", str(tmp_path))
+    model, clip = host.tiny_model("sd2"), host.tiny_clip("sd2")
+    assert model_patch.model_family(model) == ("sd2", host.SD2_CONTEXT)
+    concept = host.concept_for(pack, model, clip, trigger="sks")
+    assert set(concept.embeddings) == {"clip_h"} and len(concept.v_targets) == 16
+    pack.core.concept_file.write_concept(str(tmp_path / "sd2_sks.safetensors"), concept)
+    patched, patched_clip = Load().load(model, clip, "sd2_sks.safetensors", 1.0)
+    tokens = patched_clip.tokenize("a photo of sks")["h"][0]
+    assert [k for k, t in enumerate(tokens) if torch.is_tensor(t[0])] == [4]
+    ctx = context(patched_clip, "a photo of sks", "")
+    reference = host.unet_output(model, ctx)
+    assert not torch.equal(host.unet_output(patched, ctx), reference)
+    off = Gate().apply(patched, "", 0.7, 0.15, 0.0, "local", 0.0, 1.0)[0]
+    assert torch.equal(host.unet_output(off, ctx), reference)
+
+
 def test_ipadapter_style_attn2_replace_still_sees_the_edited_keys(sd1):
     model, clip, patched, patched_clip = sd1
     seen = {}

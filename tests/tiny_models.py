@@ -14,6 +14,7 @@ import comfy.sd1_clip
 import comfy.sdxl_clip
 import comfy.supported_models
 import comfy.supported_models_base
+import comfy.text_encoders.sd2_clip
 
 
 def init_random_(module, seed=0, std=0.02):
@@ -31,6 +32,7 @@ def init_random_(module, seed=0, std=0.02):
 
 
 SD15_CONTEXT = 64
+SD2_CONTEXT = 56
 SDXL_L, SDXL_G = 32, 48
 SDXL_POOLED = SDXL_G      # pooled output width of the tiny clip_g
 
@@ -66,6 +68,9 @@ def tiny_model(family="sd1", seed=0):
     if family == "sd1":
         config = comfy.supported_models.SD15(sd15_unet_config())
         config.unet_config.update({"num_heads": 4, "num_head_channels": -1})   # BASE re-applies SD15's 8 heads
+    elif family == "sd2":
+        config = comfy.supported_models.SD20({**sd15_unet_config(context_dim=SD2_CONTEXT), "use_linear_in_transformer": True})
+        config.unet_config.update({"num_heads": -1, "num_head_channels": 16})
     else:
         config = comfy.supported_models.SDXL(sdxl_unet_config())
         config.unet_config.update({"num_head_channels": 16})
@@ -83,6 +88,10 @@ def tiny_clip(family="sd1", seed=0):
     if family == "sd1":
         target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
         options = {"clip_l_model_config": _tower(SD15_CONTEXT)}
+    elif family == "sd2":
+        target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.sd2_clip.SD2Tokenizer,
+                                                        comfy.text_encoders.sd2_clip.SD2ClipModel)
+        options = {"clip_h_model_config": _tower(SD2_CONTEXT)}
     else:
         target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
         options = {"clip_l_model_config": _tower(SDXL_L),
