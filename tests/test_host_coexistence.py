@@ -20,24 +20,25 @@ model_patch = pack.nodes.model_patch
 SUPER_KEY = pack.core.concept_stack.SUPER_CONTEXT_KEY
 
 
+def loaded(tmp_path_factory, family, **concept_fields):
+    """(base model, base clip, patched model, patched clip) with one concept 'sks' on a tiny model."""
+    folder = tmp_path_factory.mktemp(f"perfusion_{family}")
+    folder_paths.add_model_folder_path("perfusion", str(folder))
+    model, clip = host.tiny_model(family), host.tiny_clip(family)
+    name = f"{family}_sks.safetensors"
+    pack.core.concept_file.write_concept(str(folder / name),
+                                         host.concept_for(pack, model, clip, trigger="sks", **concept_fields))
+    return (model, clip) + tuple(Load().load(model, clip, name, 1.0))
+
+
 @pytest.fixture(scope="module")
 def sd1(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("perfusion_coexist")
-    folder_paths.add_model_folder_path("perfusion", str(folder))
-    model, clip = host.tiny_model("sd1"), host.tiny_clip("sd1")
-    pack.core.concept_file.write_concept(str(folder / "co_sks.safetensors"),
-                                         host.concept_for(pack, model, clip, trigger="sks", superclass="teddy bear"))
-    return (model, clip) + tuple(Load().load(model, clip, "co_sks.safetensors", 1.0))
+    return loaded(tmp_path_factory, "sd1", superclass="teddy bear")
 
 
 @pytest.fixture(scope="module")
 def sdxl(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("perfusion_xl")
-    folder_paths.add_model_folder_path("perfusion", str(folder))
-    model, clip = host.tiny_model("sdxl"), host.tiny_clip("sdxl")
-    pack.core.concept_file.write_concept(str(folder / "xl_sks.safetensors"),
-                                         host.concept_for(pack, model, clip, trigger="sks"))
-    return (model, clip) + tuple(Load().load(model, clip, "xl_sks.safetensors", 1.0))
+    return loaded(tmp_path_factory, "sdxl")
 
 
 def context(clip, *texts):
