@@ -1,4 +1,9 @@
-"""Registers ``models/perfusion`` with folder_paths (extra_model_paths.yaml entries are kept)."""
+"""Registers ``models/perfusion`` with folder_paths (extra_model_paths.yaml entries are kept).
+
+ComfyUI reads extra_model_paths.yaml before it imports custom nodes, so a YAML ``perfusion:`` entry
+may already be registered here; it keeps its place in front (an ``is_default: true`` entry first),
+and files the pack writes go to the first folder listed.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,35 @@ import os
 
 import folder_paths
 
+from ..core.errors import ConceptError
+
 FOLDER = "perfusion"
 EXTENSIONS = {".safetensors"}
+COVARIANCE_SUBFOLDER = "covariance"
 
 
 def register() -> None:
     paths, extensions = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
     default = os.path.join(folder_paths.models_dir, FOLDER)
     if default not in paths:
-        paths = [default] + list(paths)     # the YAML may already have added paths: keep them
+        paths = list(paths) + [default]
     folder_paths.folder_names_and_paths[FOLDER] = (paths, set(extensions) | EXTENSIONS)
 
 
 def concept_names() -> list[str]:
-    return folder_paths.get_filename_list(FOLDER)
+    """Concept files (the covariance cache lives in a subfolder and is not a concept)."""
+    return [n for n in folder_paths.get_filename_list(FOLDER)
+            if not n.replace("\\", "/").startswith(COVARIANCE_SUBFOLDER + "/")]
 
 
 def concept_path(name: str) -> str:
     path = folder_paths.get_full_path(FOLDER, name)
     if path is None:
-        from ..core.errors import ConceptError
         folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
         raise ConceptError(f"concept file '{name}' not found in models/perfusion ({folders})")
     return path
+
+
+def output_folder() -> str:
+    """Where the pack writes: the first folder folder_paths lists for perfusion."""
+    return folder_paths.get_folder_paths(FOLDER)[0]

@@ -79,7 +79,7 @@ def gate_settings(model) -> dict:
     return dict(model.model_options.get("transformer_options", {}).get(OPTIONS_KEY, {}))
 
 
-class _Injection(comfy.patcher_extension.PatcherInjection):
+class Injection(comfy.patcher_extension.PatcherInjection):
     """Overrides to_k / to_v forwards of every attn2 layer with the stack's edit."""
 
     def __init__(self, stack: ConceptStack):
@@ -131,7 +131,7 @@ def apply_concept(model, concept, strength: float):
     stack = ConceptStack(concepts + [concept], settings)
 
     patched = model.clone()
-    patched.set_injections(INJECTION_KEY, [_Injection(stack)])
+    patched.set_injections(INJECTION_KEY, [Injection(stack)])
     patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
                                  stack.apply_model_wrapper)

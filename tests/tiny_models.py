@@ -18,14 +18,16 @@ import comfy.text_encoders.sd2_clip
 
 
 def init_random_(module, seed=0, std=0.02):
-    """ComfyUI's layers skip weight init: fill them from a seeded generator."""
+    """ComfyUI's layers skip weight init: fill them from a seeded generator. Norm scales and biases are
+    random too, as in a trained model (with zero biases, a final LayerNorm would put every text
+    encoding in one hyperplane and make the encodings' second moment singular)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
             if p.ndim == 1 and "norm" in name and name.endswith("weight"):
-                p.fill_(1.0)
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
             elif name.endswith("bias"):
-                p.zero_()
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if "norm" in name else std))
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
     return module

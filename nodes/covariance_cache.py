@@ -1,0 +1,89 @@
+"""The text encoder's covariance C, computed in the graph on first use and cached in
+models/perfusion/covariance/<sha256>.safetensors (key: the text encoder's weights, its layer setting
+and the caption corpus)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+
+import torch
+
+import comfy.model_management
+import comfy.utils
+
+from ..core import covariance as cov
+from . import model_folder
+
+CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "captions.txt")
+BATCH = 64
+log = logging.getLogger("perfusion")
+_KEYS = {}          # id(CLIP patcher model) + layer -> key, so weights are hashed once per session
+
+
+def read_corpus(path=CORPUS):
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def covariance_key(clip, corpus_path=CORPUS) -> str:
+    model = clip.patcher.model
+    cache_key = (id(model), clip.layer_idx, tuple(sorted(clip.patcher.patches)), corpus_path)
+    if cache_key not in _KEYS:
+        with open(corpus_path, "rb") as f:
+            corpus_sha = hashlib.sha256(f.read()).hexdigest()
+        weights = clip.patcher.model_state_dict()         # LoRA patches on the CLIP are part of it
+        _KEYS[cache_key] = cov.tensors_sha256(weights.items(), extra=f"layer={clip.layer_idx}|corpus={corpus_sha}")
+    return _KEYS[cache_key]
+
+
+def _real_token_count(section, end_token):
+    for k, t in enumerate(section):
+        if k > 0 and t[0] == end_token:
+            return k + 1                      # BOS ... words ... first EOS
+    return len(section)
+
+
+def compute_covariance(clip, captions, progress=None) -> torch.Tensor:
+    """C over the non-padding token encodings of ``captions`` (one 77-token chunk each)."""
+    accumulator = None
+    tokenizer = clip.tokenizer
+    for start in range(0, len(captions), BATCH):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        batch = captions[start:start + BATCH]
+        tokens, counts = {}, None
+        for text in batch:
+            tokenized = clip.tokenize(text)
+            for key, sections in tokenized.items():
+                tokens.setdefault(key, []).append(sections[0])     # first chunk: captions are short
+            if counts is None:
+                counts = []
+            key0 = next(iter(tokenized))
+            sub = getattr(tokenizer, "clip_" + key0, None) or getattr(tokenizer, key0, None)
+            counts.append(_real_token_count(tokenized[key0][0], getattr(sub, "end_token", None)))
+        with torch.inference_mode():
+            encodings = clip.encode_from_tokens(tokens)                # [1, len(batch) * 77, D]
+        encodings = encodings.reshape(len(batch), -1, encodings.shape[-1])
+        real = torch.cat([encodings[k, :n] for k, n in enumerate(counts)])
+        if accumulator is None:
+            accumulator = cov.CovarianceAccumulator(real.shape[-1])
+        accumulator.add(real)
+        if progress is not None:
+            progress(min(start + BATCH, len(captions)), len(captions))
+    return accumulator.covariance()
+
+
+def covariance_for(clip, show_progress=True):
+    """(C float64 [D, D], its sha256 key), from the cache or computed now with a progress bar."""
+    key = covariance_key(clip)
+    path = os.path.join(model_folder.output_folder(), "covariance", f"{key}.safetensors")
+    cached = cov.load_covariance(path, key)
+    if cached is not None:
+        return cached, key
+    captions = read_corpus()
+    log.info("Perfusion: computing the text-encoder covariance over %d captions (once per text encoder)", len(captions))
+    bar = comfy.utils.ProgressBar(len(captions)) if show_progress else None
+    C = compute_covariance(clip, captions, (lambda done, total: bar.update_absolute(done, total)) if bar else None)
+    cov.save_covariance(path, C, key, {"perfusion.captions": len(captions), "perfusion.clip_layer": clip.layer_idx})
+    return C, key

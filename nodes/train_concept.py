@@ -1,0 +1,370 @@
+"""Node "Train Perfusion Concept" (PerfusionTrainConcept): trains a concept inside the graph.
+
+ComfyUI runs nodes under torch.inference_mode() and its CLIP adds residuals in place
+(comfyui-notes.md 5.2, 4.4), so training runs in inference_mode(False) on a clone of the model and of
+the CLIP: their frozen weights are swapped once for ordinary tensors of the same values (inference
+tensors cannot be saved for backward), and the CLIP clone's layers get out-of-place residuals.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import re
+
+import torch
+
+import comfy.clip_model
+import comfy.model_management
+import comfy.model_sampling
+import comfy.patcher_extension
+import comfy.utils
+
+from ..core import training
+from ..core.concept_file import read_concept, write_concept
+from ..core.concept_text import TOWERS, ConceptTokenizer
+from ..core.covariance import invert
+from ..core.errors import ConceptError
+from ..core.gate_settings import GateSettings
+from . import model_folder
+from .clip_patch import add_concept_to_clip
+from .covariance_cache import covariance_for
+from .model_patch import INJECTION_KEY, Injection, apply_concept, concept_stack, cross_attention_layers, model_family
+
+log = logging.getLogger("perfusion")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,120}$")
+INFERENCE_BETA, INFERENCE_TAU = 0.7, 0.15
+
+
+def concept_filename(name: str) -> str:
+    base = (name or "").strip()
+    if base.lower().endswith(".safetensors"):
+        base = base[:-len(".safetensors")]
+    if not _NAME.match(base) or ".." in base:
+        raise ConceptError(f"filename {name!r}: use letters, digits, spaces, '-', '_' and '.' only "
+                           "(no folders, no '..'), e.g. 'my_teddy'")
+    return base + ".safetensors"
+
+
+def _deinference_(module):
+    """Swap inference-tensor parameters/buffers for ordinary tensors of the same values (once)."""
+    for name, p in list(module.named_parameters()):
+        if p.is_inference():
+            comfy.utils.set_attr_param(module, name, p.detach().clone())
+    for name, b in list(module.named_buffers()):
+        if b.is_inference():
+            comfy.utils.set_attr(module, name, b.detach().clone())
+
+
+class _Frozen:
+    """Within it, no weight of these modules requires grad; the flags are restored afterwards."""
+
+    def __init__(self, *modules):
+        self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
+
+    def __enter__(self):
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc):
+        for p in self.params:
+            p.requires_grad_(True)
+
+
+def _clip_autograd_injection():
+    """CLIPLayer does `x += ...`, which breaks autograd; this clone's layers add out of place."""
+    installed = []
+
+    def inject(patcher):
+        for layer in patcher.model.modules():
+            if isinstance(layer, comfy.clip_model.CLIPLayer) and "forward" not in layer.__dict__:
+                def forward(x, mask=None, optimized_attention=None, _layer=layer):
+                    x = x + _layer.self_attn(_layer.layer_norm1(x), mask, optimized_attention)
+                    return x + _layer.mlp(_layer.layer_norm2(x))
+                layer.forward = forward
+                installed.append(layer)
+
+    def eject(patcher):
+        for layer in installed:
+            layer.__dict__.pop("forward", None)
+        installed.clear()
+    return comfy.patcher_extension.PatcherInjection(inject=inject, eject=eject)
+
+
+def _towers(tokenizer):
+    return [t for t in TOWERS if getattr(tokenizer, t, None) is not None]
+
+
+def _head_token(tokenizer, tower, word):
+    sub = getattr(tokenizer, tower)
+    ids = sub.tokenizer(word)["input_ids"][sub.tokens_start:-1 if sub.end_token is not None else None]
+    return ids
+
+
+def _validate(images, masks, trigger, superclass, model):
+    if not torch.is_tensor(images) or images.ndim != 4 or images.shape[0] == 0:
+        raise ConceptError("images: no images; connect 1 to 20 photos of the subject (an IMAGE batch)")
+    if masks is not None:
+        if masks.ndim == 2:
+            masks = masks[None]
+        if masks.shape[0] != images.shape[0]:
+            raise ConceptError(f"masks: {masks.shape[0]} masks for {images.shape[0]} images; give one mask per image "
+                               "(or none)")
+        empty = [k for k in range(masks.shape[0]) if not masks[k].float().sum() > 0]
+        if empty:
+            raise ConceptError(f"masks: mask {empty[0] + 1} is empty (all black); it must cover the subject")
+    if not trigger.strip() or any(c.isspace() for c in trigger.strip()):
+        raise ConceptError(f"trigger {trigger!r}: expected one word, e.g. 'sks'")
+    if not superclass.strip():
+        raise ConceptError("superclass: expected what the subject is, e.g. 'teddy bear' or 'dog'")
+    if concept_stack(model) is not None:
+        raise ConceptError("model: it already carries Perfusion concepts; train on the checkpoint's model "
+                           "(before any 'Load Rank-1 Concept')")
+    family, _ = model_family(model)
+    if family == "unknown":
+        raise ConceptError("model: Perfusion trains on SD1.x, SD2.x or SDXL models only")
+    return masks, family
+
+
+@torch.no_grad()
+def _prepare_images(vae, model, images, masks, resolution):
+    """Latents (and flipped latents) and latent-size masks, encoded once before training."""
+    pixels = images[..., :3].movedim(-1, 1).float()
+    pixels = comfy.utils.common_upscale(pixels, resolution, resolution, "bicubic", "center").clamp(0, 1)
+    pixels = pixels.movedim(1, -1)
+    latents = model.model.process_latent_in(vae.encode(pixels)).float()
+    flipped = model.model.process_latent_in(vae.encode(pixels.flip(2))).float()
+    latent_masks = None
+    if masks is not None:
+        m = comfy.utils.common_upscale(masks[:, None].float(), resolution, resolution, "bilinear", "center")
+        latent_masks = torch.nn.functional.interpolate(m, size=latents.shape[-2:], mode="area").clamp(0, 1)
+    return latents, flipped, latent_masks
+
+
+def _loss_curve(losses, steps):
+    from PIL import Image, ImageDraw
+    width, height, pad = 640, 320, 40
+    img = Image.new("RGB", (width, height), (24, 24, 28))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([pad, pad // 2, width - pad // 2, height - pad], outline=(90, 90, 100))
+    if losses:
+        smooth, s = [], losses[0]
+        for v in losses:
+            s = 0.9 * s + 0.1 * v
+            smooth.append(s)
+        lo, hi = min(losses), max(losses)
+        span = (hi - lo) or 1.0
+        def xy(i, v):
+            return (pad + (width - 1.5 * pad) * i / max(1, len(losses) - 1),
+                    height - pad - (height - 1.5 * pad) * (v - lo) / span)
+        draw.line([xy(i, v) for i, v in enumerate(losses)], fill=(90, 120, 160), width=1)
+        draw.line([xy(i, v) for i, v in enumerate(smooth)], fill=(250, 180, 60), width=2)
+        draw.text((pad, height - pad + 8), f"step 1 .. {len(losses)} of {steps}", fill=(200, 200, 200))
+        draw.text((pad + 4, pad // 2 + 4), f"loss {hi:.4g}", fill=(200, 200, 200))
+        draw.text((pad + 4, height - pad - 14), f"loss {lo:.4g}", fill=(200, 200, 200))
+    return torch.from_numpy(__import__("numpy").asarray(img).astype("float32") / 255.0)[None]
+
+
+def _report(step, steps, loss):
+    try:
+        from server import PromptServer
+        if getattr(PromptServer, "instance", None) is not None:
+            PromptServer.instance.send_sync("perfusion.train", {"step": step, "steps": steps, "loss": loss})
+    except ImportError:
+        pass
+
+
+def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batch_size=4, grad_accumulation=4,
+                  lr_embedding=0.006, lr_values=0.03, train_beta=0.75, train_tau=0.1, resolution=512, flip=True,
+                  masked_loss=True, seed=0, filename="my_concept", masks=None, progress=True, on_step=None):
+    """Trains and saves a concept; returns (path, concept, losses). Writes nothing unless it finishes."""
+    trigger, superclass = trigger.strip(), superclass.strip()
+    masks, family = _validate(images, masks, trigger, superclass, model)
+    GateSettings(beta=train_beta, tau=train_tau).validated("Train Perfusion Concept")
+    path = os.path.join(model_folder.output_folder(), concept_filename(filename))
+    if os.path.exists(path):
+        raise ConceptError(f"filename: '{os.path.basename(path)}' already exists in {os.path.dirname(path)}; "
+                           "choose another name (files are never overwritten)")
+    base_tokenizer = getattr(clip.tokenizer, "inner", clip.tokenizer)
+    text_model = getattr(clip.cond_stage_model, "inner", clip.cond_stage_model)
+    towers = _towers(base_tokenizer)
+    head_ids = {}
+    for tower in towers:
+        ids = _head_token(base_tokenizer, tower, superclass)
+        if not ids:
+            raise ConceptError(f"superclass {superclass!r}: the {tower} tokenizer gives no tokens for it")
+        head_ids[tower] = ids
+    embeddings = {t: getattr(text_model, t).transformer.get_input_embeddings().weight[head_ids[t][-1]].detach().float().clone()
+                  for t in towers}
+    # Refuses a trigger that is several tokens, before any work is done.
+    ConceptTokenizer(base_tokenizer, [(trigger, superclass, embeddings, f"trigger {trigger!r}")])
+
+    C, covariance_key = covariance_for(clip, show_progress=progress)
+    G = invert(C, "the text encoder's covariance")
+    layers = cross_attention_layers(model)
+    generator = torch.Generator().manual_seed(int(seed))
+    device = comfy.model_management.get_torch_device()
+    use_mask = masked_loss and masks is not None
+    bar = comfy.utils.ProgressBar(steps) if progress else None
+    losses = []
+
+    with torch.inference_mode(False), torch.enable_grad():
+        latents, flipped, latent_masks = _prepare_images(vae, model, images, masks if use_mask else None, resolution)
+        trainable = training.TrainableConcept(trigger, superclass, family, embeddings, G,
+                                              {p: m.to_v.out_features for p, m in layers.items()}).to(device)
+        train_clip = clip.clone()
+        train_clip.cond_stage_model = text_model
+        train_clip.tokenizer = ConceptTokenizer(base_tokenizer, [(trigger, superclass, dict(trainable.embeddings), "trained concept")])
+        train_clip.patcher.set_injections("perfusion_autograd", [_clip_autograd_injection()])
+        train_clip.load_model()
+        _deinference_(train_clip.patcher.model)
+        train_model = model.clone()
+        train_model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, INJECTION_KEY)
+        model_sampling = train_model.get_model_object("model_sampling")
+        v_prediction = isinstance(model_sampling, comfy.model_sampling.V_PREDICTION)
+        sigma_data = float(getattr(model_sampling, "sigma_data", 1.0))
+        stack, optimizer = None, None
+        key0 = towers[0][-1]
+        n_super = len(head_ids[towers[0]])
+        frozen = _Frozen(train_model.model, train_clip.patcher.model)
+        try:
+            frozen.__enter__()
+            for step in range(steps):
+                step_loss = 0.0
+                for _ in range(grad_accumulation):
+                    comfy.model_management.throw_exception_if_processing_interrupted()
+                    pick = torch.randint(latents.shape[0], (batch_size,), generator=generator)
+                    mirror = (torch.rand(batch_size, generator=generator) < 0.5) if flip else torch.zeros(batch_size, dtype=torch.bool)
+                    x0 = torch.where(mirror[:, None, None, None], flipped[pick], latents[pick])
+                    mask = None
+                    if use_mask:
+                        mask = latent_masks[pick]
+                        mask = torch.where(mirror[:, None, None, None], mask.flip(-1), mask)
+                    templates = [training.TEMPLATES[int(k)] for k in torch.randint(len(training.TEMPLATES), (batch_size,), generator=generator)]
+                    sigma = torch.tensor([model_sampling.percent_to_sigma(float(u))
+                                          for u in torch.rand(batch_size, generator=generator).clamp(1e-4, 1 - 1e-4)])
+                    noise = torch.randn(x0.shape, generator=generator)
+
+                    tokens = [train_clip.tokenize(t.format(trigger)) for t in templates]
+                    positions = [next(k for k, t in enumerate(tok[key0][0]) if torch.is_tensor(t[0])) for tok in tokens]
+                    context, pooled = _encode(train_clip, tokens)
+                    concept_encoding = context[torch.arange(batch_size), positions].mean(0)
+                    if not trainable.initialised:
+                        with torch.no_grad():
+                            super_tokens = [train_clip.tokenize(t.format(superclass)) for t in templates]
+                            super_context, _ = _encode(train_clip, super_tokens)
+                            e_super = super_context[torch.arange(batch_size), [p + n_super - 1 for p in positions]].mean(0)
+                            comfy.model_management.load_models_gpu([train_model])
+                            value_outputs = [m.to_v(e_super[None].to(device, _dtype(train_model)))
+                                             for m in cross_attention_layers(train_model).values()]
+                        trainable.initialise(e_super.to(device), [v.float() for v in value_outputs])
+                        stack = training.TrainingStack(trainable, train_beta, train_tau)
+                        train_model.set_injections(INJECTION_KEY, [Injection(stack)])
+                        optimizer = torch.optim.AdamW(trainable.parameter_groups(lr_embedding, lr_values))
+                    trainable.update_i_star(concept_encoding.to(device))
+                    stack.refresh()
+                    comfy.model_management.load_models_gpu([train_model])
+                    _deinference_(train_model.model)
+                    extra = {}
+                    if train_model.model.adm_channels:
+                        extra["y"] = train_model.model.encode_adm(
+                            pooled_output=pooled.detach().repeat(batch_size, 1), width=resolution, height=resolution,
+                            crop_w=0, crop_h=0, target_width=resolution, target_height=resolution).to(device)
+                    xt = model_sampling.noise_scaling(sigma, noise, x0)
+                    previous = stack.begin_forward(stack.default_plan)
+                    try:
+                        prediction = train_model.model.apply_model(xt.to(device), sigma.to(device), c_crossattn=context.to(device),
+                                                                   transformer_options={}, **extra)
+                    finally:
+                        stack.end_forward(previous)
+                    loss = training.masked_mse(prediction, x0.to(device),
+                                               training.objective_weight(sigma.to(device), v_prediction, sigma_data),
+                                               mask.to(device) if mask is not None else None)
+                    if not torch.isfinite(loss):
+                        raise ConceptError(f"training diverged at step {step + 1} (the loss is {loss.item()}); "
+                                           "nothing was written. Lower lr_values / lr_embedding and try again")
+                    (loss / grad_accumulation).backward()
+                    step_loss += loss.item() / grad_accumulation
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(step_loss)
+                if bar is not None:
+                    bar.update_absolute(step + 1, steps)
+                _report(step + 1, steps, step_loss)
+                if on_step is not None:
+                    on_step(step + 1, step_loss)
+        finally:
+            train_model.eject_model()
+            train_clip.patcher.eject_model()
+            frozen.__exit__()
+
+        info = {"perfusion.steps": str(steps), "perfusion.train_beta": repr(float(train_beta)),
+                "perfusion.train_tau": repr(float(train_tau)), "perfusion.images": str(images.shape[0]),
+                "perfusion.seed": str(seed), "perfusion.final_loss": f"{losses[-1]:.6g}" if losses else "",
+                "perfusion.date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        concept = trainable.to_concept(INFERENCE_BETA, INFERENCE_TAU, covariance_key, info)
+    write_concept(path, concept)
+    log.info("Perfusion: saved %s (%d steps, final loss %.4g)", path, steps, losses[-1] if losses else float("nan"))
+    return path, losses
+
+
+def _dtype(model):
+    return model.model.manual_cast_dtype or model.model.get_dtype()
+
+
+def _encode(clip, tokens):
+    """A batch of one-chunk prompts in one text-encoder forward: ([B, 77, D], pooled of the first)."""
+    batch = {}
+    for tok in tokens:
+        for key, sections in tok.items():
+            batch.setdefault(key, []).append(sections[0])
+    cond, pooled = clip.encode_from_tokens(batch, return_pooled=True)
+    return cond.reshape(len(tokens), -1, cond.shape[-1]), pooled
+
+
+class PerfusionTrainConcept:
+    DESCRIPTION = ("Trains a Perfusion concept from 1-20 photos of a subject (optionally with masks) and saves it to "
+                   "models/perfusion: the trigger word's embedding and the value targets of every cross-attention "
+                   "layer; keys are locked to the superclass. The outputs apply the new concept right away.")
+    CATEGORY = "perfusion"
+    FUNCTION = "train"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("MODEL", "CLIP", "STRING", "IMAGE")
+    RETURN_NAMES = ("model", "clip", "filename", "loss_curve")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The checkpoint's model (SD1.x, SD2.x or SDXL), without concepts."}),
+            "clip": ("CLIP", {"tooltip": "The checkpoint's text encoder."}),
+            "vae": ("VAE", {"tooltip": "The checkpoint's VAE, to encode the photos once."}),
+            "images": ("IMAGE", {"tooltip": "1-20 photos of the subject (a batch)."}),
+            "trigger": ("STRING", {"default": "sks", "tooltip": "The new word for your subject; one short rare word (one token), e.g. 'sks'."}),
+            "superclass": ("STRING", {"default": "teddy bear", "tooltip": "What the subject is, e.g. 'teddy bear', 'dog', 'sneaker'. Keys are locked to it."}),
+            "steps": ("INT", {"default": 400, "min": 1, "max": 10000, "tooltip": "Optimizer steps (the paper: 400)."}),
+            "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Images per micro-batch."}),
+            "grad_accumulation": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Micro-batches per step (batch 4 x 4 = the paper's 16)."}),
+            "lr_embedding": ("FLOAT", {"default": 0.006, "min": 0.0, "max": 1.0, "step": 0.0001, "tooltip": "Learning rate of the token embedding."}),
+            "lr_values": ("FLOAT", {"default": 0.03, "min": 0.0, "max": 1.0, "step": 0.0001, "tooltip": "Learning rate of the value targets."}),
+            "train_beta": ("FLOAT", {"default": 0.75, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Gate bias during training (the paper: 0.75)."}),
+            "train_tau": ("FLOAT", {"default": 0.1, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": "Gate temperature during training (the paper: 0.1)."}),
+            "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "Training resolution (512 for SD1.5, 1024 for SDXL); photos are centre-cropped."}),
+            "flip": ("BOOLEAN", {"default": True, "tooltip": "Random horizontal flips (turn off for asymmetric subjects, e.g. text)."}),
+            "masked_loss": ("BOOLEAN", {"default": True, "tooltip": "With masks: learn only from the subject's pixels."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "tooltip": "Same seed, same concept (on one machine)."}),
+            "filename": ("STRING", {"default": "my_concept", "tooltip": "Name of the file in models/perfusion; never overwritten."}),
+        }, "optional": {
+            "masks": ("MASK", {"tooltip": "One mask per image, white on the subject."}),
+        }}
+
+    def train(self, model, clip, vae, images, trigger, superclass, steps, batch_size, grad_accumulation, lr_embedding,
+              lr_values, train_beta, train_tau, resolution, flip, masked_loss, seed, filename, masks=None):
+        path, losses = train_concept(model, clip, vae, images, trigger, superclass, steps, batch_size, grad_accumulation,
+                                     lr_embedding, lr_values, train_beta, train_tau, resolution, flip, masked_loss,
+                                     seed, filename, masks)
+        name = os.path.basename(path)
+        concept = read_concept(path, name=name)
+        curve = _loss_curve(losses, steps)
+        return {"ui": {"text": [f"{name}: {steps} steps, final loss {losses[-1]:.4g}"]},
+                "result": (apply_concept(model, concept, 1.0), add_concept_to_clip(clip, concept), name, curve)}
