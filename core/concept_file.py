@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import ConceptError
+from .gate_settings import SLIDERS
 
 FORMAT_VERSION = "1"
 MODEL_FAMILIES = ("sd1", "sd2", "sdxl")
@@ -80,11 +81,10 @@ def validate_concept(concept: Concept) -> None:
     d = concept.context_dim
     if not (isinstance(d, int) and d > 0):
         raise _fail(n, f"perfusion.context_dim is {d!r}; expected a positive integer")
-    for key, value in (("perfusion.beta", concept.beta), ("perfusion.tau", concept.tau)):
-        if not math.isfinite(value):
-            raise _fail(n, f"{key} is {value}; expected a finite number")
-    if not concept.tau > 0:
-        raise _fail(n, f"perfusion.tau is {concept.tau}; expected a number above 0")
+    for key, value, field_name in (("perfusion.beta", concept.beta, "beta"), ("perfusion.tau", concept.tau, "tau")):
+        lo, hi = SLIDERS[field_name][:2]
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise _fail(n, f"{key} is {value}; expected a number from {lo} to {hi}")
 
     towers = FAMILY_TOWERS[concept.model]
     if set(concept.embeddings) != set(towers):

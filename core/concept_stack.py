@@ -72,25 +72,29 @@ class ConceptStack:
 
     # ---- plans -------------------------------------------------------------------------------
     def plan(self, settings: dict, sigma=None, percent_to_sigma=None):
-        """The ForwardPlan for these settings at this noise level, or None if no concept acts."""
-        active = []
-        for index, trigger in enumerate(self.triggers):
+        """The ForwardPlan for these settings at this noise level, or None if no concept acts.
+
+        A concept that is off (strength 0, or outside its schedule window) stays in the joint
+        projection with lambda = 0, exactly as in the formula: turning one concept down to 0 moves
+        the others continuously, and only all-zero skips the edit (bit-identical to the base model).
+        """
+        values = []
+        for trigger in self.triggers:
             s: GateSettings = settings.get(trigger) or self.defaults.get(trigger) or GateSettings()
-            if s.strength == 0.0:
-                continue
-            if s.scheduled and sigma is not None and percent_to_sigma is not None:
+            strength = s.strength
+            if strength != 0.0 and s.scheduled and sigma is not None and percent_to_sigma is not None:
                 current = float(sigma() if callable(sigma) else sigma)
                 if current > self._sigma_at(percent_to_sigma, s.start_percent) or \
                         current < self._sigma_at(percent_to_sigma, s.end_percent):
-                    continue
-            active.append((index, s.strength, s.beta, s.tau, s.key_lock == "global"))
-        if not active:
+                    strength = 0.0
+            values.append((strength, s.beta, s.tau, s.key_lock == "global" and strength != 0.0))
+        if all(v[0] == 0.0 for v in values):
             return None
-        key = tuple(active)
+        key = tuple(values)
         plan = self._plans.get(key)
         if plan is None:
-            indices, strength, beta, tau, lock = zip(*active)
-            plan = self._plans[key] = ForwardPlan(indices, strength, beta, tau, any(lock))
+            strength, beta, tau, lock = zip(*values)
+            plan = self._plans[key] = ForwardPlan(range(len(self.triggers)), strength, beta, tau, any(lock))
         return plan
 
     def _sigma_at(self, percent_to_sigma, percent):

@@ -33,6 +33,8 @@ class ConceptTokenizer:
         self.concepts = tuple(concepts)
         self.swaps = {}            # token dict key -> {token id: embedding tensor}
         self.superclass_ids = {}   # id(embedding tensor) -> (embedding, superclass token id)
+        self._subs = {}            # token dict key -> that tower's SDTokenizer
+        self._word_end = {}        # (key, token id) -> does the token end a word (BPE "</w>")
         towers = [t for t in TOWERS if getattr(inner, t, None) is not None]
         if not towers:
             raise ConceptError("this CLIP's tokenizer has no clip_l / clip_g / clip_h tower; "
@@ -48,6 +50,7 @@ class ConceptTokenizer:
                     raise ConceptError(
                         f"{label}: the trigger {trigger!r} is {len(ids)} tokens for {tower}; a trigger must be "
                         "one token (a short rare word such as 'sks' works); retrain with such a trigger")
+                self._subs[tower[-1]] = sub
                 table = self.swaps.setdefault(tower[-1], {})
                 if ids[0] in table:
                     raise ConceptError(f"{label}: its trigger {trigger!r} is the same token as another concept's trigger")
@@ -64,9 +67,33 @@ class ConceptTokenizer:
         for key, segments in out.items():
             table = self.swaps.get(key)
             if table:
-                out[key] = [[(table[t[0]], *t[1:]) if isinstance(t[0], int) and t[0] in table else t
-                             for t in segment] for segment in segments]
+                out[key] = [self._swap(key, table, segment) for segment in segments]
         return out
+
+    def _swap(self, key, table, segment):
+        """The trigger's token becomes the embedding where it is a whole word: "sks", "(sks:1.2)",
+        "sks," but not the tail of "flasks" (BPE: fla + sks</w>)."""
+        out, previous = [], None
+        for t in segment:
+            token = t[0]
+            if isinstance(token, int) and token in table and self._starts_word(key, previous):
+                out.append((table[token], *t[1:]))
+            else:
+                out.append(t)
+            previous = token
+        return out
+
+    def _starts_word(self, key, previous):
+        if previous is None or not isinstance(previous, int):
+            return True
+        sub = self._subs[key]
+        if previous in (getattr(sub, "start_token", None), getattr(sub, "end_token", None), getattr(sub, "pad_token", None)):
+            return True
+        cached = self._word_end.get((key, previous))
+        if cached is None:
+            text = sub.tokenizer.convert_ids_to_tokens(previous)
+            cached = self._word_end[(key, previous)] = not isinstance(text, str) or text.endswith("</w>")
+        return cached
 
     def untokenize(self, token_weight_pair):
         return self.inner.untokenize(token_weight_pair)
@@ -83,7 +110,8 @@ class ConceptTokenizer:
 class ConceptTextEncoder:
     """Text-encoder wrapper: also encodes the prompt with every trigger replaced by its superclass
     token and returns it as a model cond, for global key locking (spec 4.2). A prompt without a
-    trigger returns its own encoding there (no second pass), so positive and negative still batch.
+    trigger is encoded exactly as by the stock encoder; the patched model's sampler wrapper gives
+    such conds their own encoding as superclass version, so positive and negative still batch.
 
     ``make_cond(tensor)`` wraps the context the way the sampler expects (comfy.conds.CONDCrossAttn).
     """
@@ -115,7 +143,9 @@ class ConceptTextEncoder:
     def encode_token_weights(self, token_weight_pairs):
         out = self.inner.encode_token_weights(token_weight_pairs)
         superclass_pairs, changed = self._superclass_tokens(token_weight_pairs)
-        superclass_context = self.inner.encode_token_weights(superclass_pairs)[0] if changed else out[0]
+        if not changed:
+            return out           # no trigger: exactly what the stock text encoder returns
+        superclass_context = self.inner.encode_token_weights(superclass_pairs)[0]
         extra = dict(out[2]) if len(out) > 2 else {}
         model_conds = dict(extra.get("model_conds", {}))
         model_conds[self.cond_key] = self.make_cond(superclass_context)

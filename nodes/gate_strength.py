@@ -30,8 +30,9 @@ class PerfusionGateStrength:
             "strength": _slider("strength", 1.0),
             "key_lock": (list(KEY_LOCKS), {"default": "local", "tooltip":
                          "local: the concept's keys are locked to its superclass. global: the keys of the whole "
-                         "prompt come from its superclass version (richer scenes; try beta 0.4-0.6). Global needs "
-                         "prompts encoded with the CLIP output of 'Load Rank-1 Concept'."}),
+                         "prompt come from its superclass version (richer scenes; try beta 0.4-0.6). It applies to "
+                         "every concept on the model, whatever the trigger. Global needs prompts encoded with the "
+                         "CLIP output of 'Load Rank-1 Concept'."}),
             "start_percent": _slider("start_percent", 0.0),
             "end_percent": _slider("end_percent", 1.0),
         }}

@@ -10,11 +10,15 @@ whenever another clone is loaded. An APPLY_MODEL wrapper hands each forward its 
 from __future__ import annotations
 
 import functools
+import weakref
+from dataclasses import replace
 
+import torch
+
+import comfy.conds
 import comfy.patcher_extension
-import comfy.utils
 
-from ..core.concept_stack import OPTIONS_KEY, ConceptStack
+from ..core.concept_stack import OPTIONS_KEY, SUPER_CONTEXT_KEY, ConceptStack
 from ..core.errors import ConceptError
 from ..core.gate_settings import GateSettings
 
@@ -80,14 +84,23 @@ def gate_settings(model) -> dict:
 
 
 class Injection(comfy.patcher_extension.PatcherInjection):
-    """Overrides to_k / to_v forwards of every attn2 layer with the stack's edit."""
+    """Overrides to_k / to_v forwards of every attn2 layer with the stack's edit.
+
+    Clones share this object (ModelPatcher.clone copies injection lists) and copy ``is_injected``,
+    so only the patcher that installed the overrides may remove them: a clone being garbage
+    collected (ModelPatcher.__del__ ejects) must not strip the live model's edit.
+    """
 
     def __init__(self, stack: ConceptStack):
         super().__init__(inject=self._inject, eject=self._eject)
         self.stack = stack
         self._installed = []        # (module, our forward)
+        self._owner = None          # weakref to the patcher that installed them
 
     def _inject(self, patcher):
+        self._owner = weakref.ref(patcher)
+        if self._installed:         # already in place (a clone re-injecting): never wrap twice
+            return
         layers = cross_attention_layers(patcher)
         for path in self.stack.layer_paths:
             for name, method in (("to_k", self.stack.key_forward), ("to_v", self.stack.value_forward)):
@@ -99,6 +112,9 @@ class Injection(comfy.patcher_extension.PatcherInjection):
                 self._installed.append((module, forward))
 
     def _eject(self, patcher):
+        owner = self._owner() if self._owner is not None else None
+        if owner is not None and owner is not patcher:
+            return
         for module, forward in reversed(self._installed):
             if module.__dict__.get("forward") is forward:
                 previous = module.__dict__.pop(_OWNER, None)
@@ -106,9 +122,35 @@ class Injection(comfy.patcher_extension.PatcherInjection):
                     del module.forward
                 else:
                     module.forward = previous
-            # else: someone wrapped ours since; they restore it, and the plan is cleared below.
+            # else: someone wrapped ours since; they restore it when they eject.
         self._installed.clear()
+        self._owner = None
         self.stack.release()
+
+
+def _with_superclass_context(cond: dict) -> dict:
+    """Every cond gets a superclass version of its context: its own when it has none (prompts
+    without a trigger, prompts from another CLIP), when it was zeroed (ConditioningZeroOut keeps
+    model_conds) or concatenated to another length. Same keys on every cond = cond/uncond batch."""
+    cross = cond.get("cross_attn")
+    if cross is None:
+        return cond
+    model_conds = cond.get("model_conds", {})
+    current = model_conds.get(SUPER_CONTEXT_KEY)
+    if current is not None and current.cond.shape == cross.shape and bool(torch.any(cross != 0)):
+        return cond
+    cond = dict(cond)
+    cond["model_conds"] = {**model_conds, SUPER_CONTEXT_KEY: comfy.conds.CONDCrossAttn(cross)}
+    return cond
+
+
+def _outer_sample_wrapper(executor, *args, **kwargs):
+    """Once per sampling call (not per step): complete the conds' superclass versions."""
+    guider = executor.class_obj
+    conds = getattr(guider, "conds", None)
+    if isinstance(conds, dict):
+        guider.conds = {k: [_with_superclass_context(c) for c in v] for k, v in conds.items()}
+    return executor(*args, **kwargs)
 
 
 def apply_concept(model, concept, strength: float):
@@ -126,15 +168,18 @@ def apply_concept(model, concept, strength: float):
                                "covariances (perfusion.covariance_sha256), so they cannot share one "
                                "projection; train both on the same base model")
     settings = gate_settings(model)
-    settings[concept.trigger] = GateSettings(strength=strength, beta=concept.beta, tau=concept.tau) \
-        .validated(f"Load Rank-1 Concept ({concept.name})")
+    key_lock = next(iter(settings.values())).key_lock if settings else "local"    # model-wide
+    settings[concept.trigger] = GateSettings(strength=strength, beta=concept.beta, tau=concept.tau,
+                                             key_lock=key_lock).validated(f"Load Rank-1 Concept ({concept.name})")
     stack = ConceptStack(concepts + [concept], settings)
 
     patched = model.clone()
     patched.set_injections(INJECTION_KEY, [Injection(stack)])
-    patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
-                                 stack.apply_model_wrapper)
+    wrappers = comfy.patcher_extension.WrappersMP
+    patched.remove_wrappers_with_key(wrappers.APPLY_MODEL, WRAPPER_KEY)
+    patched.add_wrapper_with_key(wrappers.APPLY_MODEL, WRAPPER_KEY, stack.apply_model_wrapper)
+    patched.remove_wrappers_with_key(wrappers.OUTER_SAMPLE, WRAPPER_KEY)
+    patched.add_wrapper_with_key(wrappers.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample_wrapper)
     patched.model_options.setdefault("transformer_options", {})[OPTIONS_KEY] = settings
     return patched
 
@@ -155,5 +200,6 @@ def set_gate(model, trigger: str, settings: GateSettings):
     table = dict(options.get(OPTIONS_KEY, {}))
     for t in ([trigger] if trigger else stack.triggers):
         table[t] = settings
-    options[OPTIONS_KEY] = table
+    # Key locking acts on the whole prompt (global replaces every key), so it is one choice per model.
+    options[OPTIONS_KEY] = {t: replace(s, key_lock=settings.key_lock) for t, s in table.items()}
     return patched

@@ -65,14 +65,21 @@ def test_strength_zero_calls_the_layer_unchanged():
         assert torch.equal(stack.value_forward(path, v.forward, context), v(context))
 
 
-def test_an_off_concept_is_absent_not_projected():
+def test_an_off_concept_stays_in_the_joint_projection():
     cs, C = concepts(2)
-    both = ConceptStack(cs, {"t0": GateSettings(), "t1": GateSettings(strength=0.0)})
-    alone = ConceptStack(cs[:1], {"t0": GateSettings()})
     mods, context = layers(), torch.randn(1, 5, D)
-    a, b = run(both, mods, context), run(alone, mods, context)
-    for path in a:
-        assert torch.allclose(a[path][1], b[path][1], atol=1e-6)
+    context[0, 1] = cs[1].i_star
+    def values(strength):
+        stack = ConceptStack(cs, {"t0": GateSettings(), "t1": GateSettings(strength=strength)})
+        return run(stack, mods, context)
+    off, nearly_off = values(0.0), values(1e-6)
+    I = torch.stack([c.i_star for c in cs]).double()
+    for path, (k, v) in mods.items():
+        OV = torch.stack([c.v_targets[path] for c in cs]).double()
+        lam, beta, tau = [torch.tensor(x, dtype=torch.float64) for x in ([1.0, 0.0], [0.7, 0.7], [0.15, 0.15])]
+        ref = reference(context.double(), v.weight.double(), C, I, OV, lam, beta, tau)
+        assert torch.allclose(off[path][1].double(), ref, atol=1e-4)                 # the formula, lambda_2 = 0
+        assert torch.allclose(off[path][1], nearly_off[path][1], atol=1e-4)          # no jump at 0
 
 
 def test_inputs_are_edited_once_per_forward_for_every_layer(monkeypatch):
@@ -107,7 +114,7 @@ def test_plans_follow_the_schedule_and_are_cached():
     settings = {"t0": GateSettings(start_percent=0.0, end_percent=0.5), "t1": GateSettings(start_percent=0.5)}
     early = stack.plan(settings, sigma=8.0, percent_to_sigma=percent_to_sigma)
     late = stack.plan(settings, sigma=2.0, percent_to_sigma=percent_to_sigma)
-    assert early.indices == (0,) and late.indices == (1,)
+    assert early.parameters("cpu")[0].tolist() == [1.0, 0.0] and late.parameters("cpu")[0].tolist() == [0.0, 1.0]
     assert stack.plan(settings, sigma=8.0, percent_to_sigma=percent_to_sigma) is early
     assert stack.plan({"t0": GateSettings(strength=0.0), "t1": GateSettings(strength=0.0)}) is None
 

@@ -154,14 +154,22 @@ def test_negative_prompt_without_trigger_behaves_like_the_base_model(sd1):
 def test_area_conditioning_and_prompts_of_different_lengths(sd1):
     model, clip, patched, patched_clip = sd1
     long_prompt = "a photo of sks " + ", ".join(["in a garden"] * 30)        # two 77-token chunks
-    positive = encode(patched_clip, long_prompt)
-    assert positive[0][0].shape[1] == 154
-    area = comfy_nodes.ConditioningSetArea().append(encode(patched_clip, "sks"), 32, 32, 0, 0, 1.0)[0]
-    negative = encode(patched_clip, "blurry")
-    with torch.inference_mode():
-        out = comfy_nodes.common_ksampler(patched, 3, 2, 6.0, "euler", "normal", positive + area, negative,
-                                          {"samples": torch.zeros(2, 4, 8, 8)})[0]["samples"]
-    assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
+    off = Gate().apply(patched, "", 0.7, 0.15, 0.0, "local", 0.0, 1.0)[0]
+
+    def sample(m, c):
+        positive = encode(c, long_prompt)
+        assert positive[0][0].shape[1] == 154
+        area = comfy_nodes.ConditioningSetArea().append(encode(c, "sks"), 32, 32, 0, 0, 1.0)[0]
+        with torch.inference_mode():
+            return comfy_nodes.common_ksampler(m, 3, 2, 6.0, "euler", "normal", positive + area, encode(c, "blurry"),
+                                               {"samples": torch.zeros(2, 4, 8, 8)})[0]["samples"]
+    # the base model, batching its conds the way the patched model does (same cond keys)
+    base_model = model.clone()
+    base_model.add_wrapper_with_key("outer_sample", "perfusion", model_patch._outer_sample_wrapper)
+    edited, base = sample(patched, patched_clip), sample(base_model, patched_clip)
+    assert edited.shape == (2, 4, 8, 8) and torch.isfinite(edited).all()
+    assert not torch.equal(edited, base)                                  # the concept acts through area conds
+    assert torch.equal(sample(off, patched_clip), base)                   # and strength 0 is the base model
 
 
 def test_lowvram_load_gives_the_same_output(sd1):
@@ -210,7 +218,8 @@ def test_global_key_lock_uses_the_superclass_prompt(sd1):
     superclass_context = positive[0][1]["model_conds"][SUPER_KEY].cond
     assert superclass_context.shape == positive[0][0].shape and not torch.equal(superclass_context, positive[0][0])
     assert torch.equal(superclass_context, context(clip, "a photo of bear on a beach"))   # head noun of "teddy bear"
-    assert negative[0][1]["model_conds"][SUPER_KEY].cond is negative[0][0]                  # no trigger: no 2nd pass
+    assert "model_conds" not in negative[0][1]                   # no trigger: exactly the stock CLIP's cond
+    assert torch.equal(negative[0][0], encode(clip, "blurry")[0][0])
 
     def sample(m, pos):
         with torch.inference_mode():
@@ -222,3 +231,87 @@ def test_global_key_lock_uses_the_superclass_prompt(sd1):
     # a prompt encoded by the stock CLIP has no superclass version: global falls back to local
     plain_pos = encode(clip, "a photo of sks on a beach")
     assert SUPER_KEY not in plain_pos[0][1].get("model_conds", {})
+
+
+def test_trigger_is_swapped_only_as_a_whole_word(sd1):
+    model, clip, patched, patched_clip = sd1
+    for text in ("three glass flasks at dusks", "asks and tasks"):        # BPE tails: fla + sks</w>
+        assert not any(torch.is_tensor(t[0]) for t in patched_clip.tokenize(text)["l"][0])
+        assert torch.equal(context(patched_clip, text), context(clip, text))
+    tokens = patched_clip.tokenize("sks, a (sks:1.1) and #sks")["l"][0]
+    assert sum(torch.is_tensor(t[0]) for t in tokens) == 3
+
+
+def count_batches(m):
+    sizes = []
+    m = m.clone()
+    m.add_wrapper_with_key("apply_model", "count", lambda executor, x, *a, **k: sizes.append(x.shape[0]) or executor(x, *a, **k))
+    return m, sizes
+
+
+def test_negative_from_the_stock_clip_still_batches_with_the_positive(sd1):
+    model, clip, patched, patched_clip = sd1
+    for key_lock in ("local", "global"):
+        m, sizes = count_batches(Gate().apply(patched, "", 0.5, 0.15, 1.0, key_lock, 0.0, 1.0)[0])
+        with torch.inference_mode():
+            comfy_nodes.common_ksampler(m, 1, 3, 6.0, "euler", "normal", encode(patched_clip, "a photo of sks"),
+                                        encode(clip, "blurry"), {"samples": torch.zeros(1, 4, 8, 8)})
+        assert sizes == [2, 2, 2], (key_lock, sizes)
+
+
+def test_zeroed_or_foreign_conds_get_their_own_superclass_version(sd1):
+    model, clip, patched, patched_clip = sd1
+    cond = encode(patched_clip, "a photo of sks")[0]
+    zeroed = comfy_nodes.ConditioningZeroOut().zero_out([cond])[0][0]
+    assert SUPER_KEY in zeroed[1].get("model_conds", {})                 # ComfyUI keeps model_conds
+    for c in (zeroed, [cond[0], {"pooled_output": cond[1]["pooled_output"]}]):
+        completed = model_patch._with_superclass_context({"cross_attn": c[0], **c[1]})
+        assert torch.equal(completed["model_conds"][SUPER_KEY].cond, c[0])
+    untouched = {"cross_attn": cond[0], **cond[1]}
+    assert model_patch._with_superclass_context(untouched) is untouched
+
+
+def test_a_collected_clone_does_not_strip_the_live_edit(sd1):
+    import gc
+    model, clip, patched, patched_clip = sd1
+    ctx = context(patched_clip, "a photo of sks")
+    expected = host.unet_output(patched, ctx)                          # loads and injects `patched`
+    to_k = next(iter(model_patch.cross_attention_layers(patched).values())).to_k
+    copy_ = patched.clone()
+    assert copy_.is_injected
+    del copy_
+    gc.collect()
+    assert "forward" in to_k.__dict__
+    with torch.inference_mode():
+        again = patched.model.apply_model(torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)),
+                                          torch.ones(1), c_crossattn=ctx, transformer_options={})
+    assert torch.allclose(again, host.unet_output(patched, ctx))
+    assert torch.equal(host.unet_output(patched, ctx), expected)
+
+
+def test_key_lock_is_one_choice_per_model(sd1, tmp_path):
+    model, clip, patched, patched_clip = sd1
+    folder_paths.add_model_folder_path("perfusion", str(tmp_path))
+    pack.core.concept_file.write_concept(str(tmp_path / "co_ohwx.safetensors"),
+                                         host.concept_for(pack, model, clip, trigger="ohwx", seed=4,
+                                                          covariance=None))
+    two = Load().load(patched, patched_clip, "co_ohwx.safetensors", 1.0)[0]
+    gated = Gate().apply(two, "sks", 0.5, 0.15, 1.0, "global", 0.0, 1.0)[0]
+    settings = model_patch.gate_settings(gated)
+    assert settings["sks"].beta == 0.5 and settings["ohwx"].beta == 0.7            # per concept
+    assert settings["sks"].key_lock == settings["ohwx"].key_lock == "global"        # per model
+
+
+def test_a_concept_for_another_layer_layout_is_refused(sd1, tmp_path):
+    model, clip, patched, patched_clip = sd1
+    folder_paths.add_model_folder_path("perfusion", str(tmp_path))
+    concept = host.concept_for(pack, model, clip, trigger="ohwx")
+    targets = dict(concept.v_targets)
+    targets.pop("middle_block.1.transformer_blocks.0.attn2")
+    targets["middle_block.1.transformer_blocks.1.attn2"] = torch.zeros(128)
+    from dataclasses import replace
+    pack.core.concept_file.write_concept(str(tmp_path / "layout.safetensors"), replace(concept, v_targets=targets))
+    with pytest.raises(pack.core.errors.ConceptError,
+                       match="'layout.safetensors' does not match this model's cross-attention layers: no value target "
+                             "for 1 of this model's layers \\(e.g. middle_block.1.transformer_blocks.0.attn2\\); 1 layers"):
+        Load().load(model, clip, "layout.safetensors", 1.0)
