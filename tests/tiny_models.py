@@ -17,7 +17,7 @@ import comfy.supported_models_base
 import comfy.text_encoders.sd2_clip
 
 
-def init_random_(module, seed=0, std=0.02):
+def init_random_(module, seed=0, std=0.02, fan_in=False):
     """ComfyUI's layers skip weight init: fill them from a seeded generator. Norm scales and biases are
     random too, as in a trained model (with zero biases, a final LayerNorm would put every text
     encoding in one hyperplane and make the encodings' second moment singular)."""
@@ -29,7 +29,8 @@ def init_random_(module, seed=0, std=0.02):
             elif name.endswith("bias"):
                 p.copy_(torch.randn(p.shape, generator=g) * (0.5 if "norm" in name else std))
             else:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
+                scale = (p[0].numel() ** -0.5) if fan_in and p.ndim >= 2 else std
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
     return module
 
 
@@ -66,7 +67,9 @@ def _patcher(model):
                                             offload_device=comfy.model_management.unet_offload_device())
 
 
-def tiny_model(family="sd1", seed=0):
+def tiny_model(family="sd1", seed=0, fan_in=False):
+    """``fan_in``: weights scaled by 1/sqrt(fan in), so activations keep their size and the output
+    depends on the context as in a trained model (what a learning test needs)."""
     if family == "sd1":
         config = comfy.supported_models.SD15(sd15_unet_config())
         config.unet_config.update({"num_heads": 4, "num_head_channels": -1})   # BASE re-applies SD15's 8 heads
@@ -77,7 +80,7 @@ def tiny_model(family="sd1", seed=0):
         config = comfy.supported_models.SDXL(sdxl_unet_config())
         config.unet_config.update({"num_head_channels": 16})
     model = config.get_model({}, device=comfy.model_management.unet_offload_device())
-    init_random_(model.diffusion_model, seed)
+    init_random_(model.diffusion_model, seed, fan_in=fan_in)
     return _patcher(model)
 
 

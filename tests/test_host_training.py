@@ -1,0 +1,234 @@
+"""Host tests: "Train Perfusion Concept" on a tiny SD1.5-shaped model in the real ComfyUI."""
+
+import hashlib
+import os
+
+import pytest
+
+import host  # skips this module without COMFYUI_PATH
+import torch
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+
+pack = host.load_pack()
+train_module = pack.nodes.train_concept
+covariance_cache = pack.nodes.covariance_cache
+ConceptError = pack.core.errors.ConceptError
+read_concept = pack.core.concept_file.read_concept
+Load = pack.nodes.PerfusionLoadConcept
+STEPS = 30
+# A random tiny UNet attends almost uniformly over 77 tokens, so one token's value target needs to
+# grow ~77x larger than in a trained model to move the output: larger learning rates than the paper's.
+LEARN_LR_VALUES, LEARN_LR_EMBEDDING = 0.3, 0.03
+QUERY_SHARPNESS, OUTPUT_GAIN = 6.0, 8.0
+
+
+def trained_like(model):
+    """Two traits of a trained UNet that a random one lacks and that give a concept its leverage:
+    cross-attention that picks out content tokens instead of averaging over ~70 padding tokens
+    (sharper queries), and an output that depends on the features (a stronger final layer)."""
+    with torch.no_grad():
+        for module in pack.nodes.model_patch.cross_attention_layers(model).values():
+            module.to_q.weight.mul_(QUERY_SHARPNESS)
+        model.model.diffusion_model.out[-1].weight.mul_(OUTPUT_GAIN)
+    return model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("perfusion_train")
+    saved = folder_paths.folder_names_and_paths.get("perfusion")
+    folder_paths.folder_names_and_paths["perfusion"] = ([str(folder)], {".safetensors"})
+    corpus = folder / "captions_subset.txt"
+    corpus.write_text("\n".join(covariance_cache.read_corpus()[:2000]) + "\n")
+    original_corpus = covariance_cache.CORPUS
+    covariance_cache.CORPUS = str(corpus)              # a slice keeps the tests in seconds
+    model, clip, vae = trained_like(host.tiny_model("sd1", fan_in=True)), host.tiny_clip("sd1"), host.tiny_vae()
+    g = torch.Generator().manual_seed(0)
+    # a "subject": a bright disc on a dark background, in four positions
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    images = torch.stack([((xx - cx) ** 2 + (yy - cy) ** 2 < 0.25).float()[..., None].expand(64, 64, 3) * torch.tensor([0.9, 0.6, 0.2])
+                          for cx, cy in ((0, 0), (0.2, 0.1), (-0.2, 0), (0, -0.2))]) + 0.05 * torch.rand(4, 64, 64, 3, generator=g)
+    try:
+        yield folder, model, clip, vae, images.clamp(0, 1)
+    finally:
+        covariance_cache.CORPUS = original_corpus
+        if saved is not None:
+            folder_paths.folder_names_and_paths["perfusion"] = saved
+
+
+def train(setup, filename, steps=STEPS, seed=0, **kw):
+    folder, model, clip, vae, images = setup
+    args = dict(trigger="sks", superclass="teddy bear", steps=steps, batch_size=2, grad_accumulation=1,
+                lr_embedding=0.006, lr_values=0.03, train_beta=0.75, train_tau=0.1, resolution=64, flip=True,
+                masked_loss=True, seed=seed, filename=filename)
+    args.update(kw)
+    with torch.inference_mode():                      # as ComfyUI runs nodes
+        return train_module.PerfusionTrainConcept().train(model, clip, vae, images, **args)
+
+
+def state_hash(module):
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fixed_loss(model, clip, vae, images, prompt):
+    """Noise-prediction loss on the training images over fixed noises and timesteps, minus what the
+    zero predictor scores on the same noises: a random UNet cannot predict the noise itself, so
+    ~1.0 is a floor shared by every prompt; what a concept can remove is the excess above it."""
+    with torch.inference_mode():
+        latents = model.model.process_latent_in(vae.encode(images)).float()
+        context = clip.encode_from_tokens(clip.tokenize(prompt)).repeat(latents.shape[0], 1, 1)
+        ms = model.get_model_object("model_sampling")
+        g = torch.Generator().manual_seed(123)
+        excess = 0.0
+        for percent in (0.2, 0.4, 0.6, 0.8):
+            sigma = torch.full((latents.shape[0],), ms.percent_to_sigma(percent))
+            noise = torch.randn(latents.shape, generator=g)
+            x0_hat = host.unet_output(model, context, x=ms.noise_scaling(sigma, noise, latents), sigma=float(sigma[0]))
+            eps_hat = (ms.noise_scaling(sigma, noise, latents) - x0_hat) / sigma.view(-1, 1, 1, 1)
+            excess += torch.mean((eps_hat - noise) ** 2).item() - torch.mean(noise ** 2).item()
+    return excess / 4
+
+
+def test_training_learns_and_freezes_the_base_model(setup):
+    folder, model, clip, vae, images = setup
+    before = (state_hash(model.model), state_hash(clip.patcher.model))
+    flags = [p.requires_grad for p in model.model.parameters()]
+    out = train(setup, "learns", lr_values=LEARN_LR_VALUES, lr_embedding=LEARN_LR_EMBEDDING)
+    trained_model, trained_clip, name, curve = out["result"]
+    assert name == "learns.safetensors" and (folder / name).is_file()
+    assert curve.shape[0] == 1 and curve.shape[-1] == 3 and curve.min() >= 0 and curve.max() <= 1
+    # base weights bit-identical, flags restored, the input model carries no concept
+    assert (state_hash(model.model), state_hash(clip.patcher.model)) == before
+    assert [p.requires_grad for p in model.model.parameters()] == flags
+    assert pack.nodes.model_patch.concept_stack(model) is None
+    # it learned: lower loss than at its start (1 step) and than the superclass prompt on the base model
+    start_model, start_clip, _, _ = train(setup, "start", steps=1, lr_values=LEARN_LR_VALUES, lr_embedding=LEARN_LR_EMBEDDING)["result"]
+    trained = fixed_loss(trained_model, trained_clip, vae, images, "a photo of a sks")
+    start = fixed_loss(start_model, start_clip, vae, images, "a photo of a sks")
+    superclass = fixed_loss(model, clip, vae, images, "a photo of a teddy bear")
+    print(f"excess loss over the zero predictor: trained {trained:.4f}, start {start:.4f}, superclass {superclass:.4f}")
+    assert start > 0 and superclass > 0
+    assert trained < 0.7 * start and trained < 0.7 * superclass, (trained, start, superclass)
+
+
+def test_keys_stay_locked_to_the_superclass(setup):
+    short = read_concept(str(setup[0] / train(setup, "short", steps=2)["result"][2]))
+    long = read_concept(str(setup[0] / train(setup, "long", steps=8)["result"][2]))
+    assert torch.equal(short.superclass_encoding, long.superclass_encoding)     # e_super fixed after batch 1
+    assert not torch.equal(short.embeddings["clip_l"], long.embeddings["clip_l"])
+    assert not torch.equal(short.i_star, long.i_star)                           # the EMA moves
+    path = next(iter(short.v_targets))
+    assert not torch.equal(short.v_targets[path], long.v_targets[path])
+
+
+def test_saved_file_reproduces_the_trained_model(setup):
+    folder, model, clip, vae, images = setup
+    trained_model, trained_clip, name, _ = train(setup, "reproduce", steps=5)["result"]
+    loaded_model, loaded_clip = Load().load(model, clip, name, 1.0)
+    ctx = trained_clip.encode_from_tokens(trained_clip.tokenize("a photo of sks"))
+    assert torch.equal(ctx, loaded_clip.encode_from_tokens(loaded_clip.tokenize("a photo of sks")))
+    assert torch.equal(host.unet_output(trained_model, ctx), host.unet_output(loaded_model, ctx))
+    assert name in Load.INPUT_TYPES()["required"]["concept_name"][0]          # listed without a restart
+    assert not any(n.startswith("covariance") for n in Load.INPUT_TYPES()["required"]["concept_name"][0])
+
+
+def test_same_seed_same_file(setup):
+    a = read_concept(str(setup[0] / train(setup, "seed_a", steps=3, seed=7)["result"][2]))
+    b = read_concept(str(setup[0] / train(setup, "seed_b", steps=3, seed=7)["result"][2]))
+    c = read_concept(str(setup[0] / train(setup, "seed_c", steps=3, seed=8)["result"][2]))
+    for key in ("i_star", "G_i_star", "superclass_encoding"):
+        assert torch.equal(getattr(a, key), getattr(b, key))
+    assert all(torch.equal(a.v_targets[p], b.v_targets[p]) for p in a.v_targets)
+    assert torch.equal(a.embeddings["clip_l"], b.embeddings["clip_l"])
+    assert {k: v for k, v in a.info.items() if k != "perfusion.date"} == \
+           {k: v for k, v in b.info.items() if k != "perfusion.date"}
+    assert not torch.equal(a.embeddings["clip_l"], c.embeddings["clip_l"])
+
+
+def test_cancel_stops_within_a_step_and_writes_nothing(setup):
+    folder = setup[0]
+    seen = []
+
+    def hook(value, total, preview, node_id=None):
+        seen.append(value)
+        if value == 3:
+            comfy.model_management.interrupt_current_processing(True)
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            train(setup, "cancelled", steps=50)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        comfy.model_management.interrupt_current_processing(False)
+    assert max(seen) == 3
+    assert not any(n.startswith("cancelled") or n.endswith(".tmp") for n in os.listdir(folder))
+
+
+def test_masks_are_used(setup):
+    folder, model, clip, vae, images = setup
+    masks = torch.zeros(4, 64, 64)
+    masks[:, 16:48, 16:48] = 1.0
+    a = read_concept(str(folder / train(setup, "masked", steps=2, masks=masks)["result"][2]))
+    b = read_concept(str(folder / train(setup, "unmasked", steps=2)["result"][2]))
+    path = next(iter(a.v_targets))
+    assert not torch.equal(a.v_targets[path], b.v_targets[path])
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(images=torch.zeros(0, 64, 64, 3)), "images: no images"),
+    (dict(masks=torch.ones(3, 64, 64)), "masks: 3 masks for 4 images"),
+    (dict(masks=torch.cat([torch.ones(3, 64, 64), torch.zeros(1, 64, 64)])), "mask 4 is empty"),
+    (dict(trigger="hugsyplushie"), "'hugsyplushie' is .* tokens"),
+    (dict(trigger="two words"), "trigger 'two words': expected one word"),
+    (dict(superclass=" "), "superclass: expected"),
+    (dict(filename="../escape"), "no folders, no '..'"),
+    (dict(filename="learns"), "'learns.safetensors' already exists"),
+    (dict(images=torch.full((4, 64, 64, 3), float("nan"))), "diverged at step 1"),
+])
+def test_bad_input_is_refused_and_writes_nothing(setup, change, message):
+    folder, model, clip, vae, images = setup
+    before = sorted(os.listdir(folder))
+    args = dict(trigger="sks", superclass="teddy bear", steps=2, batch_size=2, grad_accumulation=1, lr_embedding=0.006,
+                lr_values=0.03, train_beta=0.75, train_tau=0.1, resolution=64, flip=True, masked_loss=True, seed=0,
+                filename="bad_input")
+    args.update({k: v for k, v in change.items() if k != "images"})
+    if not (folder / "learns.safetensors").exists():
+        (folder / "learns.safetensors").write_bytes(b"placeholder")
+    before = sorted(os.listdir(folder))
+    with pytest.raises(ConceptError, match=message):
+        with torch.inference_mode():
+            train_module.PerfusionTrainConcept().train(model, clip, vae, change.get("images", images), **args)
+    assert sorted(os.listdir(folder)) == before
+
+
+def test_model_with_concepts_is_refused(setup):
+    folder, model, clip, vae, images = setup
+    concept = host.concept_for(pack, model, clip, trigger="ohwx")
+    pack.core.concept_file.write_concept(str(folder / "other.safetensors"), concept)
+    patched, patched_clip = Load().load(model, clip, "other.safetensors", 1.0)
+    with pytest.raises(ConceptError, match="already carries Perfusion concepts"):
+        with torch.inference_mode():
+            train_module.PerfusionTrainConcept().train(patched, patched_clip, vae, images, "sks", "dog", 1, 1, 1, 0.006,
+                                                       0.03, 0.75, 0.1, 64, True, True, 0, "refused")
+
+
+def test_shipped_corpus_and_covariance_cache(setup):
+    folder, model, clip, vae, images = setup
+    captions = covariance_cache.read_corpus(covariance_cache.__dict__.get("SHIPPED", None) or
+                                            os.path.join(host.ROOT, "data", "captions.txt"))
+    assert len(captions) >= 20000 and len(set(captions)) == len(captions)
+    C, key = covariance_cache.covariance_for(clip, show_progress=False)
+    cached = folder / "covariance" / f"{key}.safetensors"
+    assert cached.is_file()
+    assert torch.allclose(C, C.T) and torch.linalg.eigvalsh(C)[0] > 0
+    # a different clip layer setting is another covariance
+    other = clip.clone()
+    other.clip_layer(-2)
+    assert covariance_cache.covariance_key(other) != key
