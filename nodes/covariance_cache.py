@@ -16,18 +16,21 @@ import comfy.utils
 from ..core import covariance as cov
 from . import model_folder
 
-CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "captions.txt")
+SHIPPED_CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "captions.txt")
+# PERFUSION_CAPTIONS: another caption file (one caption per line) for C, e.g. captions of your own domain.
+CORPUS = os.environ.get("PERFUSION_CAPTIONS") or SHIPPED_CORPUS
 BATCH = 64
 log = logging.getLogger("perfusion")
 _KEYS = {}          # id(CLIP patcher model) + layer -> key, so weights are hashed once per session
 
 
-def read_corpus(path=CORPUS):
-    with open(path, encoding="utf-8") as f:
+def read_corpus(path=None):
+    with open(path or CORPUS, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
 
 
-def covariance_key(clip, corpus_path=CORPUS) -> str:
+def covariance_key(clip, corpus_path=None) -> str:
+    corpus_path = corpus_path or CORPUS
     model = clip.patcher.model
     cache_key = (id(model), clip.layer_idx, tuple(sorted(clip.patcher.patches)), corpus_path)
     if cache_key not in _KEYS:

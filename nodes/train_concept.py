@@ -58,18 +58,25 @@ def _deinference_(module):
 
 
 class _Frozen:
-    """Within it, no weight of these modules requires grad; the flags are restored afterwards."""
+    """Records every weight's requires_grad flag by name; ``freeze`` turns them off for training,
+    ``restore`` puts the recorded flags back on whatever parameter holds each name by then
+    (_deinference_ replaces parameter objects, and inference tensors accept no flag changes)."""
 
     def __init__(self, *modules):
-        self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        self.flags = [(m, {n: p.requires_grad for n, p in m.named_parameters()}) for m in modules]
 
-    def __enter__(self):
-        for p in self.params:
-            p.requires_grad_(False)
+    def freeze(self):
+        for module, _ in self.flags:
+            for p in module.parameters():
+                if p.requires_grad and not p.is_inference():
+                    p.requires_grad_(False)
 
-    def __exit__(self, *exc):
-        for p in self.params:
-            p.requires_grad_(True)
+    def restore(self):
+        for module, flags in self.flags:
+            for name, p in module.named_parameters():
+                wanted = flags.get(name)
+                if wanted is not None and p.requires_grad != wanted and not p.is_inference():
+                    p.requires_grad_(wanted)
 
 
 def _clip_autograd_injection():
@@ -217,19 +224,21 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
         train_clip.cond_stage_model = text_model
         train_clip.tokenizer = ConceptTokenizer(base_tokenizer, [(trigger, superclass, dict(trainable.embeddings), "trained concept")])
         train_clip.patcher.set_injections("perfusion_autograd", [_clip_autograd_injection()])
-        train_clip.load_model()
-        _deinference_(train_clip.patcher.model)
         train_model = model.clone()
         train_model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, INJECTION_KEY)
+        frozen = _Frozen(train_model.model, train_clip.patcher.model)
+        train_clip.load_model()
+        _deinference_(train_clip.patcher.model)
+        comfy.model_management.load_models_gpu([train_model])
+        _deinference_(train_model.model)
         model_sampling = train_model.get_model_object("model_sampling")
         v_prediction = isinstance(model_sampling, comfy.model_sampling.V_PREDICTION)
         sigma_data = float(getattr(model_sampling, "sigma_data", 1.0))
         stack, optimizer = None, None
         key0 = towers[0][-1]
         n_super = len(head_ids[towers[0]])
-        frozen = _Frozen(train_model.model, train_clip.patcher.model)
         try:
-            frozen.__enter__()
+            frozen.freeze()
             for step in range(steps):
                 step_loss = 0.0
                 for _ in range(grad_accumulation):
@@ -297,7 +306,7 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
         finally:
             train_model.eject_model()
             train_clip.patcher.eject_model()
-            frozen.__exit__()
+            frozen.restore()
 
         info = {"perfusion.steps": str(steps), "perfusion.train_beta": repr(float(train_beta)),
                 "perfusion.train_tau": repr(float(train_tau)), "perfusion.images": str(images.shape[0]),

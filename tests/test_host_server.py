@@ -34,7 +34,8 @@ class Server:
                "--disable-auto-launch", "--database-url", "sqlite:///:memory:",
                "--output-directory", str(base / "output"), "--temp-directory", str(base / "temp"),
                "--input-directory", str(base / "input"), "--user-directory", str(base / "user")]
-        self.process = subprocess.Popen(cmd, cwd=host.COMFYUI_PATH, stdout=self.log, stderr=subprocess.STDOUT)
+        env = dict(os.environ, PERFUSION_CAPTIONS=str(base / "captions_subset.txt"))   # a slice: seconds, not minutes
+        self.process = subprocess.Popen(cmd, cwd=host.COMFYUI_PATH, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.base = base
 
     def get(self, path):
@@ -99,6 +100,13 @@ def server(tmp_path_factory):
         f"perfusion_test:\n    base_path: {base}\n    custom_nodes: custom_nodes\n    perfusion: models/perfusion\n")
     for d in ("output", "temp", "input", "user"):
         (base / d).mkdir()
+    with open(os.path.join(host.ROOT, "data", "captions.txt")) as f:
+        (base / "captions_subset.txt").write_text("".join(f.readlines()[:1500]))
+    subject = base / "input" / "test_subject"
+    subject.mkdir()
+    from PIL import Image
+    for k in range(3):
+        Image.new("RGB", (64, 64), (200, 120 + 30 * k, 40)).save(subject / f"photo{k}.png")
     s = Server(base, free_port())
     try:
         s.wait_ready()
@@ -131,6 +139,10 @@ def tiny(workflow, concepts):
             node["inputs"].update(width=64, height=64)
         elif node["class_type"] == "KSampler":
             node["inputs"]["steps"] = 2
+        elif node["class_type"] == "LoadImageSetFromFolderNode":
+            node["inputs"]["folder"] = "test_subject"
+        elif node["class_type"] == "PerfusionTrainConcept":
+            node["inputs"].update(steps=2, batch_size=1, grad_accumulation=1, resolution=64, filename="served_concept")
     return api
 
 
@@ -148,6 +160,26 @@ def test_example_workflow_runs(server, name, concepts):
     images = [img for out in result["outputs"].values() for img in out.get("images", [])]
     assert len(images) == 1 and images[0]["filename"].endswith(".png")
     assert (server.base / "output" / images[0]["subfolder"] / images[0]["filename"]).is_file()
+
+
+def test_training_workflow_runs_and_its_concept_loads(server):
+    if not host_object_info:
+        host_object_info.append(server.get("/object_info"))
+    assert server.get("/object_info/PerfusionTrainConcept")["PerfusionTrainConcept"]["display_name"] == "Train Perfusion Concept"
+    workflow = json.load(open(os.path.join(WORKFLOWS, "perfusion-train-concept.json")))
+    result = server.run(tiny(workflow, []), seconds=300)
+    assert result["status"]["status_str"] == "success", result["status"]
+    assert (server.base / "models" / "perfusion" / "served_concept.safetensors").is_file()
+    assert "served_concept.safetensors" in server.get("/object_info/PerfusionLoadConcept")[
+        "PerfusionLoadConcept"]["input"]["required"]["concept_name"][0]                      # no restart needed
+    saved = [img for out in result["outputs"].values() for img in out.get("images", [])]
+    assert len(saved) == 2                                        # the loss curve preview and the sample
+    before = (server.base / "models" / "perfusion" / "served_concept.safetensors").read_bytes()
+    rerun = tiny(workflow, [])                                    # another seed, same filename: refused
+    next(n for n in rerun.values() if n["class_type"] == "PerfusionTrainConcept")["inputs"]["seed"] = 1
+    again = server.run(rerun)
+    assert again["status"]["status_str"] == "error" and "already exists" in json.dumps(again["status"]["messages"])
+    assert (server.base / "models" / "perfusion" / "served_concept.safetensors").read_bytes() == before
 
 
 def test_out_of_range_slider_is_refused_before_running(server):

@@ -42,7 +42,7 @@ def setup(tmp_path_factory):
     saved = folder_paths.folder_names_and_paths.get("perfusion")
     folder_paths.folder_names_and_paths["perfusion"] = ([str(folder)], {".safetensors"})
     corpus = folder / "captions_subset.txt"
-    corpus.write_text("\n".join(covariance_cache.read_corpus()[:2000]) + "\n")
+    corpus.write_text("\n".join(covariance_cache.read_corpus(covariance_cache.SHIPPED_CORPUS)[:2000]) + "\n")
     original_corpus = covariance_cache.CORPUS
     covariance_cache.CORPUS = str(corpus)              # a slice keeps the tests in seconds
     model, clip, vae = trained_like(host.tiny_model("sd1", fan_in=True)), host.tiny_clip("sd1"), host.tiny_vae()
@@ -221,8 +221,7 @@ def test_model_with_concepts_is_refused(setup):
 
 def test_shipped_corpus_and_covariance_cache(setup):
     folder, model, clip, vae, images = setup
-    captions = covariance_cache.read_corpus(covariance_cache.__dict__.get("SHIPPED", None) or
-                                            os.path.join(host.ROOT, "data", "captions.txt"))
+    captions = covariance_cache.read_corpus(covariance_cache.SHIPPED_CORPUS)
     assert len(captions) >= 20000 and len(set(captions)) == len(captions)
     C, key = covariance_cache.covariance_for(clip, show_progress=False)
     cached = folder / "covariance" / f"{key}.safetensors"
