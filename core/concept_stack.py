@@ -111,6 +111,11 @@ class ConceptStack:
     def end_forward(self, previous):
         self._current, self._cached = previous, None
 
+    def prepare(self, context):
+        """Compute this forward's edited inputs for ``context`` now (see _edited); for training, so
+        they are made outside any checkpointed block."""
+        self._edited(context)
+
     def release(self):
         """Drop per-forward references (called when the edit is ejected)."""
         self._cached = None

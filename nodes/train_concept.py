@@ -99,6 +99,29 @@ def _clip_autograd_injection():
     return comfy.patcher_extension.PatcherInjection(inject=inject, eject=eject)
 
 
+def _checkpoint_injection():
+    """Gradient checkpointing of every UNet block (input, middle, output) on the training clone.
+
+    The edit's per-forward inputs are computed before the UNet runs and stay cached until after
+    backward, so a recomputed block finds the very same tensors instead of making new ones."""
+    installed = []
+
+    def inject(patcher):
+        unet = patcher.model.diffusion_model
+        for block in list(unet.input_blocks) + [unet.middle_block] + list(unet.output_blocks):
+            if "forward" not in block.__dict__:
+                def forward(*args, _original=block.forward, **kwargs):
+                    return torch.utils.checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
+                block.forward = forward
+                installed.append(block)
+
+    def eject(patcher):
+        for block in installed:
+            block.__dict__.pop("forward", None)
+        installed.clear()
+    return comfy.patcher_extension.PatcherInjection(inject=inject, eject=eject)
+
+
 def _towers(tokenizer):
     return [t for t in TOWERS if getattr(tokenizer, t, None) is not None]
 
@@ -184,7 +207,8 @@ def _report(step, steps, loss):
 
 def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batch_size=4, grad_accumulation=4,
                   lr_embedding=0.006, lr_values=0.03, train_beta=0.75, train_tau=0.1, resolution=512, flip=True,
-                  masked_loss=True, seed=0, filename="my_concept", masks=None, progress=True, on_step=None):
+                  masked_loss=True, seed=0, filename="my_concept", masks=None, progress=True, on_step=None,
+                  gradient_checkpointing=False):
     """Trains and saves a concept; returns (path, concept, losses). Writes nothing unless it finishes."""
     trigger, superclass = trigger.strip(), superclass.strip()
     masks, family = _validate(images, masks, trigger, superclass, model)
@@ -226,6 +250,8 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
         train_clip.patcher.set_injections("perfusion_autograd", [_clip_autograd_injection()])
         train_model = model.clone()
         train_model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, INJECTION_KEY)
+        if gradient_checkpointing:
+            train_model.set_injections("perfusion_checkpointing", [_checkpoint_injection()])
         frozen = _Frozen(train_model.model, train_clip.patcher.model)
         train_clip.load_model()
         _deinference_(train_clip.patcher.model)
@@ -281,19 +307,24 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
                             pooled_output=pooled.detach().repeat(batch_size, 1), width=resolution, height=resolution,
                             crop_w=0, crop_h=0, target_width=resolution, target_height=resolution).to(device)
                     xt = model_sampling.noise_scaling(sigma, noise, x0)
+                    # The context in the model's dtype, so apply_model passes this very tensor to the
+                    # layers; its edited inputs are computed here, outside any checkpointed block, and
+                    # the cache stays until backward is done.
+                    context = context.to(device=device, dtype=_dtype(train_model))
                     previous = stack.begin_forward(stack.default_plan)
                     try:
-                        prediction = train_model.model.apply_model(xt.to(device), sigma.to(device), c_crossattn=context.to(device),
+                        stack.prepare(context)
+                        prediction = train_model.model.apply_model(xt.to(device), sigma.to(device), c_crossattn=context,
                                                                    transformer_options={}, **extra)
+                        loss = training.masked_mse(prediction, x0.to(device),
+                                                   training.objective_weight(sigma.to(device), v_prediction, sigma_data),
+                                                   mask.to(device) if mask is not None else None)
+                        if not torch.isfinite(loss):
+                            raise ConceptError(f"training diverged at step {step + 1} (the loss is {loss.item()}); "
+                                               "nothing was written. Lower lr_values / lr_embedding and try again")
+                        (loss / grad_accumulation).backward()
                     finally:
                         stack.end_forward(previous)
-                    loss = training.masked_mse(prediction, x0.to(device),
-                                               training.objective_weight(sigma.to(device), v_prediction, sigma_data),
-                                               mask.to(device) if mask is not None else None)
-                    if not torch.isfinite(loss):
-                        raise ConceptError(f"training diverged at step {step + 1} (the loss is {loss.item()}); "
-                                           "nothing was written. Lower lr_values / lr_embedding and try again")
-                    (loss / grad_accumulation).backward()
                     step_loss += loss.item() / grad_accumulation
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -365,13 +396,15 @@ class PerfusionTrainConcept:
             "filename": ("STRING", {"default": "my_concept", "tooltip": "Name of the file in models/perfusion; never overwritten."}),
         }, "optional": {
             "masks": ("MASK", {"tooltip": "One mask per image, white on the subject."}),
+            "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute activations in backward: less memory, slower steps."}),
         }}
 
     def train(self, model, clip, vae, images, trigger, superclass, steps, batch_size, grad_accumulation, lr_embedding,
-              lr_values, train_beta, train_tau, resolution, flip, masked_loss, seed, filename, masks=None):
+              lr_values, train_beta, train_tau, resolution, flip, masked_loss, seed, filename, masks=None,
+              gradient_checkpointing=False):
         path, losses = train_concept(model, clip, vae, images, trigger, superclass, steps, batch_size, grad_accumulation,
                                      lr_embedding, lr_values, train_beta, train_tau, resolution, flip, masked_loss,
-                                     seed, filename, masks)
+                                     seed, filename, masks, gradient_checkpointing=gradient_checkpointing)
         name = os.path.basename(path)
         concept = read_concept(path, name=name)
         curve = _loss_curve(losses, steps)

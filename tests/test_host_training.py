@@ -171,6 +171,29 @@ def test_cancel_stops_within_a_step_and_writes_nothing(setup):
     assert not any(n.startswith("cancelled") or n.endswith(".tmp") for n in os.listdir(folder))
 
 
+def test_gradient_checkpointing_gives_the_same_concept(setup):
+    folder = setup[0]
+    plain = read_concept(str(folder / train(setup, "no_checkpointing", steps=3)["result"][2]))
+    checkpointed = read_concept(str(folder / train(setup, "checkpointing", steps=3, gradient_checkpointing=True)["result"][2]))
+    for path in plain.v_targets:
+        assert torch.allclose(plain.v_targets[path], checkpointed.v_targets[path], atol=1e-5)
+    assert torch.allclose(plain.embeddings["clip_l"], checkpointed.embeddings["clip_l"], atol=1e-6)
+    assert pack.nodes.train_concept.PerfusionTrainConcept.INPUT_TYPES()["optional"]["gradient_checkpointing"][1]["default"] is False
+
+
+def test_a_bfloat16_model_trains(setup):
+    folder, _, clip, vae, images = setup
+    model = host.tiny_model("sd1", fan_in=True, dtype=torch.bfloat16)
+    assert model.model.get_dtype() == torch.bfloat16
+    with torch.inference_mode():
+        out = train_module.PerfusionTrainConcept().train(
+            model, clip, vae, images, "sks", "teddy bear", 3, 2, 1, 0.006, 0.03, 0.75, 0.1, 64, True, True, 0, "bf16")
+    concept = read_concept(str(folder / out["result"][2]))
+    assert all(torch.isfinite(v).all() for v in concept.v_targets.values())
+    ctx = out["result"][1].encode_from_tokens(out["result"][1].tokenize("a photo of sks"))
+    assert torch.isfinite(host.unet_output(out["result"][0], ctx)).all()
+
+
 def test_masks_are_used(setup):
     folder, model, clip, vae, images = setup
     masks = torch.zeros(4, 64, 64)

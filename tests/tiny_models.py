@@ -67,7 +67,7 @@ def _patcher(model):
                                             offload_device=comfy.model_management.unet_offload_device())
 
 
-def tiny_model(family="sd1", seed=0, fan_in=False):
+def tiny_model(family="sd1", seed=0, fan_in=False, dtype=None):
     """``fan_in``: weights scaled by 1/sqrt(fan in), so activations keep their size and the output
     depends on the context as in a trained model (what a learning test needs)."""
     if family == "sd1":
@@ -79,6 +79,8 @@ def tiny_model(family="sd1", seed=0, fan_in=False):
     else:
         config = comfy.supported_models.SDXL(sdxl_unet_config())
         config.unet_config.update({"num_head_channels": 16})
+    if dtype is not None:
+        config.set_inference_dtype(dtype, None)
     model = config.get_model({}, device=comfy.model_management.unet_offload_device())
     init_random_(model.diffusion_model, seed, fan_in=fan_in)
     return _patcher(model)
