@@ -107,13 +107,14 @@ def worker(which, steps, resolution, batch, out):
         base_cuda = torch.cuda.memory_allocated()
     start = time.perf_counter()
     with PeakRSS() as peak, torch.inference_mode():
-        if which == "perfusion":
+        if which.startswith("perfusion"):
             pack.nodes.train_concept.train_concept(
                 model, clip, vae, images, "sks", "teddy bear", steps=steps, batch_size=batch, grad_accumulation=1,
-                resolution=resolution, seed=0, filename=f"bench_{steps}", progress=False)
+                resolution=resolution, seed=0, filename=f"bench_{steps}", progress=False,
+                gradient_checkpointing=which == "perfusion_checkpointing")
         else:
             TrainLoraNode().train(model, latents, positive, batch, steps, 1, 0.0005, 8, "AdamW", "MSE", 0,
-                                  "fp32", "fp32", "LoRA", which == "lora_checkpointing", "[None]")
+                                  "fp32", "fp32", "LoRA", False, "[None]")
     seconds = time.perf_counter() - start
     result = {"which": which, "steps": steps, "seconds": seconds, "peak_rss_above_base": peak.peak - peak.base}
     if device.type == "cuda":
@@ -132,12 +133,14 @@ def main():
     args = parser.parse_args()
     if args.worker:
         which = args.worker[0]
-        worker("lora" if which.startswith("lora") else which, int(args.worker[1]), args.resolution, args.batch, args.out)
+        worker(which, int(args.worker[1]), args.resolution, args.batch, args.out)
         return
     if not os.environ.get("COMFYUI_PATH"):
         sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
     results = {}
-    for which in ("perfusion", "lora"):
+    trainers = (("perfusion", "Train Perfusion Concept"),
+                ("perfusion_checkpointing", "  with gradient_checkpointing"), ("lora", "TrainLoraNode, rank 8"))
+    for which, _ in trainers:
         for steps in args.steps:
             out = tempfile.mktemp(suffix=".json")
             subprocess.run([sys.executable, __file__, "--worker", which, str(steps), "--out", out,
@@ -148,12 +151,12 @@ def main():
     lo, hi = args.steps
     print(f"SD1.5-shaped UNet (860M, random) + CLIP-L-shaped text encoder, resolution {args.resolution}, "
           f"batch {args.batch}, fp32, {'cuda' if 'peak_cuda_above_base' in results[('lora', lo)] else 'cpu'}")
-    for which, label in (("perfusion", "Train Perfusion Concept"), ("lora", "TrainLoraNode, rank 8")):
+    for which, label in trainers:
         a, b = results[(which, lo)], results[(which, hi)]
         step = (b["seconds"] - a["seconds"]) / (hi - lo)
         memory = max(a.get("peak_cuda_above_base", a["peak_rss_above_base"]),
                      b.get("peak_cuda_above_base", b["peak_rss_above_base"]))
-        print(f"  {label:<26} {step:8.2f} s/step   peak memory above the loaded models {memory / 2**30:6.2f} GiB")
+        print(f"  {label:<30} {step:8.2f} s/step   peak memory above the loaded models {memory / 2**30:6.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -124,20 +124,26 @@ def _check_vector(name: str, key: str, vector) -> None:
 
 
 def _sniff(path: str, name: str) -> None:
-    """Refuse pickles and non-safetensors files before any parser touches them."""
+    """Refuse pickles and non-safetensors files before any parser touches them.
+
+    A safetensors file is an 8-byte little-endian header length, then a JSON header starting with
+    '{'. Only a file that is not that is judged by pickle / zip magic bytes: the length's first byte
+    may itself be 0x80 or 'P'."""
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(9)
     except OSError as e:
         raise _fail(name, f"cannot be read ({e.strerror or e})") from None
+    if len(head) == 9:
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if head[8:9] == b"{" and 2 <= header_len <= min(MAX_HEADER_BYTES, os.path.getsize(path) - 8):
+            return
     if head[:1] == b"\x80" or head[:2] == b"PK":
         raise _fail(name, "is a pickle / PyTorch file; concept files must be .safetensors "
                           "(pickle files can run code and are never loaded)")
-    if len(head) < 8:
+    if len(head) < 9:
         raise _fail(name, "is not a safetensors file (too short)")
-    (header_len,) = struct.unpack("<Q", head)
-    if header_len > MAX_HEADER_BYTES or header_len > os.path.getsize(path) - 8:
-        raise _fail(name, "is not a safetensors file (its header is damaged)")
+    raise _fail(name, "is not a safetensors file (its header is damaged)")
 
 
 def read_concept(path: str, name: str | None = None) -> Concept:

@@ -209,7 +209,7 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
                   lr_embedding=0.006, lr_values=0.03, train_beta=0.75, train_tau=0.1, resolution=512, flip=True,
                   masked_loss=True, seed=0, filename="my_concept", masks=None, progress=True, on_step=None,
                   gradient_checkpointing=False):
-    """Trains and saves a concept; returns (path, concept, losses). Writes nothing unless it finishes."""
+    """Trains and saves a concept; returns (path, per-step losses). Writes nothing unless it finishes."""
     trigger, superclass = trigger.strip(), superclass.strip()
     masks, family = _validate(images, masks, trigger, superclass, model)
     GateSettings(beta=train_beta, tau=train_tau).validated("Train Perfusion Concept")

@@ -152,13 +152,35 @@ def test_torch_zip_checkpoint_is_refused(tmp_path):
 @pytest.mark.parametrize("content,message", [
     (b"", "too short"),
     (struct.pack("<Q", 10 ** 9) + b"{}", "header is damaged"),
-    (struct.pack("<Q", 8) + b"not json", "not a readable safetensors file"),
+    (struct.pack("<Q", 8) + b"not json", "header is damaged"),
+    (struct.pack("<Q", 8) + b"{bad json", "not a readable safetensors file"),
 ])
 def test_damaged_file_is_refused(tmp_path, content, message):
     path = tmp_path / "broken.safetensors"
     path.write_bytes(content)
     with pytest.raises(ConceptError, match=message):
         read_concept(str(path))
+
+
+@pytest.mark.parametrize("pad", [0x80 - 2, 0x4B50 - 2])
+def test_header_lengths_that_look_like_pickle_or_zip_magic_still_load(tmp_path, pad):
+    """The first bytes are the header length: 0x..80 and 0x4B50 ("PK") are ordinary lengths."""
+    import json
+    tensors, meta = good_parts()
+    path = write_raw(tmp_path / "ok.safetensors", tensors, meta)
+    raw = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    target = (n // 0x100 + 1) * 0x100 + 0x80 if pad == 0x80 - 2 else 0x4B50
+    header["__metadata__"]["perfusion.padding"] = ""
+    body = json.dumps(header, separators=(",", ":")).encode()
+    header["__metadata__"]["perfusion.padding"] = "x" * (target - len(body))
+    body = json.dumps(header, separators=(",", ":")).encode()
+    assert len(body) == target
+    fixed = tmp_path / "magic.safetensors"
+    fixed.write_bytes(struct.pack("<Q", len(body)) + body + raw[8 + n:])
+    assert fixed.read_bytes()[:1] == b"\x80" or fixed.read_bytes()[:2] == b"PK"
+    assert read_concept(str(fixed)).trigger == "sks"
 
 
 def test_missing_and_unreadable_files(tmp_path):

@@ -194,6 +194,20 @@ def test_a_bfloat16_model_trains(setup):
     assert torch.isfinite(host.unet_output(out["result"][0], ctx)).all()
 
 
+def test_sdxl_shaped_model_trains_both_towers(setup):
+    folder, _, _, vae, images = setup
+    model, clip = host.tiny_model("sdxl", fan_in=True), host.tiny_clip("sdxl")
+    with torch.inference_mode():
+        out = train_module.PerfusionTrainConcept().train(
+            model, clip, vae, images, "sks", "dog", 2, 2, 1, 0.006, 0.03, 0.75, 0.1, 64, True, True, 0, "xl_trained")
+    concept = read_concept(str(folder / out["result"][2]))
+    assert concept.model == "sdxl" and set(concept.embeddings) == {"clip_l", "clip_g"}
+    assert concept.context_dim == host.SDXL_L + host.SDXL_G and len(concept.v_targets) == 28
+    loaded_model, loaded_clip = Load().load(model, clip, out["result"][2], 1.0)
+    tokens = loaded_clip.tokenize("a photo of sks")
+    assert all(any(torch.is_tensor(t[0]) for t in tokens[k][0]) for k in ("l", "g"))
+
+
 def test_masks_are_used(setup):
     folder, model, clip, vae, images = setup
     masks = torch.zeros(4, 64, 64)
