@@ -9,11 +9,13 @@ tensors cannot be saved for backward), and the CLIP clone's layers get out-of-pl
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import os
 import re
 
 import torch
+import torch.utils.checkpoint
 
 import comfy.clip_model
 import comfy.model_management
@@ -79,47 +81,45 @@ class _Frozen:
                     p.requires_grad_(wanted)
 
 
-def _clip_autograd_injection():
-    """CLIPLayer does `x += ...`, which breaks autograd; this clone's layers add out of place."""
+def _forward_injection(targets, make_forward):
+    """A PatcherInjection that gives each module of ``targets(patcher)`` the instance forward
+    ``make_forward(module)``; ComfyUI removes them again on eject (only this clone is affected)."""
     installed = []
 
     def inject(patcher):
-        for layer in patcher.model.modules():
-            if isinstance(layer, comfy.clip_model.CLIPLayer) and "forward" not in layer.__dict__:
-                def forward(x, mask=None, optimized_attention=None, _layer=layer):
-                    x = x + _layer.self_attn(_layer.layer_norm1(x), mask, optimized_attention)
-                    return x + _layer.mlp(_layer.layer_norm2(x))
-                layer.forward = forward
-                installed.append(layer)
+        for module in targets(patcher):
+            if "forward" not in module.__dict__:
+                module.forward = make_forward(module)
+                installed.append(module)
 
     def eject(patcher):
-        for layer in installed:
-            layer.__dict__.pop("forward", None)
+        for module in installed:
+            module.__dict__.pop("forward", None)
         installed.clear()
     return comfy.patcher_extension.PatcherInjection(inject=inject, eject=eject)
 
 
-def _checkpoint_injection():
-    """Gradient checkpointing of every UNet block (input, middle, output) on the training clone.
+def _out_of_place_residuals(layer):
+    """CLIPLayer does `x += ...`, which breaks autograd; the training CLIP adds out of place."""
+    def forward(x, mask=None, optimized_attention=None):
+        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+        return x + layer.mlp(layer.layer_norm2(x))
+    return forward
 
-    The edit's per-forward inputs are computed before the UNet runs and stay cached until after
-    backward, so a recomputed block finds the very same tensors instead of making new ones."""
-    installed = []
 
-    def inject(patcher):
-        unet = patcher.model.diffusion_model
-        for block in list(unet.input_blocks) + [unet.middle_block] + list(unet.output_blocks):
-            if "forward" not in block.__dict__:
-                def forward(*args, _original=block.forward, **kwargs):
-                    return torch.utils.checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
-                block.forward = forward
-                installed.append(block)
+def _clip_layers(patcher):
+    return [m for m in patcher.model.modules() if isinstance(m, comfy.clip_model.CLIPLayer)]
 
-    def eject(patcher):
-        for block in installed:
-            block.__dict__.pop("forward", None)
-        installed.clear()
-    return comfy.patcher_extension.PatcherInjection(inject=inject, eject=eject)
+
+def _unet_blocks(patcher):
+    unet = patcher.model.diffusion_model
+    return list(unet.input_blocks) + [unet.middle_block] + list(unet.output_blocks)
+
+
+def _checkpointed(block):
+    """Gradient checkpointing of one UNet block. The edit's per-forward inputs are computed before the
+    UNet runs and stay cached until after backward, so a recomputed block finds the same tensors."""
+    return functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
 
 
 def _towers(tokenizer):
@@ -247,11 +247,11 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
         train_clip = clip.clone()
         train_clip.cond_stage_model = text_model
         train_clip.tokenizer = ConceptTokenizer(base_tokenizer, [(trigger, superclass, dict(trainable.embeddings), "trained concept")])
-        train_clip.patcher.set_injections("perfusion_autograd", [_clip_autograd_injection()])
+        train_clip.patcher.set_injections("perfusion_autograd", [_forward_injection(_clip_layers, _out_of_place_residuals)])
         train_model = model.clone()
         train_model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, INJECTION_KEY)
         if gradient_checkpointing:
-            train_model.set_injections("perfusion_checkpointing", [_checkpoint_injection()])
+            train_model.set_injections("perfusion_checkpointing", [_forward_injection(_unet_blocks, _checkpointed)])
         frozen = _Frozen(train_model.model, train_clip.patcher.model)
         train_clip.load_model()
         _deinference_(train_clip.patcher.model)
