@@ -1,19 +1,23 @@
 """ComfyUI node classes of the pack (thin: the math and file format live in core/)."""
 
-from . import model_folder
+from . import model_folder, routes
 from .gate_strength import PerfusionGateStrength
+from .gate_sweep import PerfusionGateSweep
 from .load_concept import PerfusionLoadConcept
 from .train_concept import PerfusionTrainConcept
 
 model_folder.register()
+routes.register()
 
 NODE_CLASS_MAPPINGS = {
     "PerfusionLoadConcept": PerfusionLoadConcept,
     "PerfusionGateStrength": PerfusionGateStrength,
     "PerfusionTrainConcept": PerfusionTrainConcept,
+    "PerfusionGateSweep": PerfusionGateSweep,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "PerfusionLoadConcept": "Load Rank-1 Concept",
     "PerfusionGateStrength": "Gate Strength",
     "PerfusionTrainConcept": "Train Perfusion Concept",
+    "PerfusionGateSweep": "Gate Sweep",
 }

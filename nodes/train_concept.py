@@ -197,12 +197,15 @@ def _loss_curve(losses, steps):
 
 
 def _report(step, steps, loss):
+    """A `perfusion.train` websocket event for the web extension: the running node's step and loss."""
     try:
         from server import PromptServer
-        if getattr(PromptServer, "instance", None) is not None:
-            PromptServer.instance.send_sync("perfusion.train", {"step": step, "steps": steps, "loss": loss})
     except ImportError:
-        pass
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is not None:
+        server.send_sync("perfusion.train", {"node": server.last_node_id, "step": step, "steps": steps, "loss": loss},
+                         server.client_id)
 
 
 def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batch_size=4, grad_accumulation=4,
@@ -408,5 +411,7 @@ class PerfusionTrainConcept:
         name = os.path.basename(path)
         concept = read_concept(path, name=name)
         curve = _loss_curve(losses, steps)
-        return {"ui": {"text": [f"{name}: {steps} steps, final loss {losses[-1]:.4g}"]},
+        import nodes as comfy_nodes                     # the loss curve shows on the node when done
+        preview = comfy_nodes.PreviewImage().save_images(curve, filename_prefix="perfusion_loss")["ui"]
+        return {"ui": {"text": [f"{name}: {steps} steps, final loss {losses[-1]:.4g}"], **preview},
                 "result": (apply_concept(model, concept, 1.0), add_concept_to_clip(clip, concept), name, curve)}
