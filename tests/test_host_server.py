@@ -77,7 +77,9 @@ def test_training_workflow_runs_and_its_concept_loads(server):
     assert "served_concept.safetensors" in server.get("/object_info/PerfusionLoadConcept")[
         "PerfusionLoadConcept"]["input"]["required"]["concept_name"][0]                      # no restart needed
     saved = [img for out in result["outputs"].values() for img in out.get("images", [])]
-    assert len(saved) == 2                                        # the loss curve preview and the sample
+    assert len(saved) == 3                      # the sample, the loss curve on the node, and in PreviewImage
+    train_id = next(k for k, n in tiny(workflow, []).items() if n["class_type"] == "PerfusionTrainConcept")
+    assert result["outputs"][train_id]["images"][0]["filename"].startswith("perfusion_loss")
     before = (server.base / "models" / "perfusion" / "served_concept.safetensors").read_bytes()
     rerun = tiny(workflow, [])                                    # another seed, same filename: refused
     next(n for n in rerun.values() if n["class_type"] == "PerfusionTrainConcept")["inputs"]["seed"] = 1
