@@ -49,7 +49,8 @@ def context(clip, *texts):
 
 
 def test_nodes_are_registered_with_their_contract():
-    assert set(pack.NODE_CLASS_MAPPINGS) == {"PerfusionLoadConcept", "PerfusionGateStrength", "PerfusionTrainConcept"}
+    assert set(pack.NODE_CLASS_MAPPINGS) == {"PerfusionLoadConcept", "PerfusionGateStrength", "PerfusionTrainConcept",
+                                             "PerfusionGateSweep"}
     assert pack.NODE_DISPLAY_NAME_MAPPINGS["PerfusionLoadConcept"] == "Load Rank-1 Concept"
     assert pack.NODE_DISPLAY_NAME_MAPPINGS["PerfusionGateStrength"] == "Gate Strength"
     load_inputs = Load.INPUT_TYPES()["required"]
@@ -253,3 +254,28 @@ def test_bad_inputs_give_clear_errors_and_change_nothing(base, concept_dir, tmp_
     assert before == (dict(model.model_options), dict(model.injections), clip.tokenizer, clip.cond_stage_model)
     for name in ("notes", "xl", "multi"):
         (concept_dir / f"{name}.safetensors").unlink()
+
+
+def test_gate_sweep_renders_a_labelled_grid(base, concept_dir):
+    model, clip = base
+    patched, patched_clip = load(model, clip)
+    vae = host.tiny_vae()
+    sweep = pack.nodes.PerfusionGateSweep()
+    args = dict(vae=vae, positive=encode(patched_clip, "a photo of sks"), negative=encode(patched_clip, "blurry"),
+                latent_image={"samples": torch.zeros(2, 4, 8, 8)}, seed=1, steps=2, cfg=5.0, sampler_name="euler",
+                scheduler="normal", trigger="", tau=0.15)
+    with torch.inference_mode():
+        grid = sweep.sweep(patched, betas="0.3, 0.9", strengths="0.0 1.0", **args)[0]
+    assert grid.ndim == 4 and grid.shape[0] == 1 and grid.shape[-1] == 3
+    assert grid.shape[1] > 2 * 64 and grid.shape[2] > 2 * 64                 # 2 x 2 cells of 64 px plus labels
+    # strength 0 renders the base model in both columns; strength 1 differs with beta
+    cells = lambda g: [g[0, -128 + r * 64:-64 + r * 64 or None, -128 + c * 64:-64 + c * 64 or None] for r in (0, 1) for c in (0, 1)]
+    off_a, off_b, on_a, on_b = cells(grid)
+    assert torch.equal(off_a, off_b) and not torch.equal(on_a, on_b)
+    assert model_patch.gate_settings(patched)["sks"].beta == 0.7                # input model untouched
+    for bad, message in (({"betas": "0.5, high"}, "'high' is not a number"), ({"betas": "1.5"}, "out of range"),
+                         ({"strengths": ""}, "expected a list of numbers")):
+        with pytest.raises(ConceptError, match=message):
+            sweep.sweep(patched, **{"betas": "0.5", "strengths": "1.0", **bad}, **args)
+    with pytest.raises(ConceptError, match="no Perfusion concept"):
+        sweep.sweep(model, betas="0.5", strengths="1.0", **args)

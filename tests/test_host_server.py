@@ -41,7 +41,7 @@ def tiny(workflow, concepts):
             node["inputs"]["concept_name"] = next(names)
         elif node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=64, height=64)
-        elif node["class_type"] == "KSampler":
+        elif node["class_type"] in ("KSampler", "PerfusionGateSweep"):
             node["inputs"]["steps"] = 2
         elif node["class_type"] == "LoadImageSetFromFolderNode":
             node["inputs"]["folder"] = "test_subject"
@@ -54,6 +54,7 @@ host_object_info = []
 
 
 @pytest.mark.parametrize("name,concepts", [("perfusion-one-concept.json", ["test_sks.safetensors"]),
+                                           ("perfusion-gate-sweep.json", ["test_sks.safetensors"]),
                                            ("perfusion-two-concepts.json", ["test_sks.safetensors", "test_ohwx.safetensors"])])
 def test_example_workflow_runs(server, name, concepts):
     if not host_object_info:
