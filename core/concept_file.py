@@ -243,8 +243,14 @@ def write_concept(path: str, concept: Concept, dtype=torch.float16, overwrite: b
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".perfusion-", suffix=".tmp", dir=folder)
     os.close(fd)
+    tensors = concept_tensors(concept, dtype)
+    too_large = [k for k, t in tensors.items() if not torch.isfinite(t).all()]
+    if too_large:
+        os.unlink(tmp)
+        raise ConceptError(f"concept '{concept.trigger}': {too_large[0]} has values too large for "
+                           f"{str(dtype).replace('torch.', '')}; nothing was written")
     try:
-        save_file(concept_tensors(concept, dtype), tmp, metadata=concept_metadata(concept))
+        save_file(tensors, tmp, metadata=concept_metadata(concept))
         if overwrite:
             os.replace(tmp, path)
         else:

@@ -21,7 +21,6 @@ SHIPPED_CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 CORPUS = os.environ.get("PERFUSION_CAPTIONS") or SHIPPED_CORPUS
 BATCH = 64
 log = logging.getLogger("perfusion")
-_KEYS = {}          # id(CLIP patcher model) + layer -> key, so weights are hashed once per session
 
 
 def read_corpus(path=None):
@@ -30,15 +29,15 @@ def read_corpus(path=None):
 
 
 def covariance_key(clip, corpus_path=None) -> str:
+    """SHA-256 of the text encoder's weights as they are used (LoRA patches on the CLIP merged, so
+    their strengths count), its layer setting and the caption corpus. Hashed on every call: a few
+    seconds at most for SDXL's encoders, once per training."""
     corpus_path = corpus_path or CORPUS
-    model = clip.patcher.model
-    cache_key = (id(model), clip.layer_idx, tuple(sorted(clip.patcher.patches)), corpus_path)
-    if cache_key not in _KEYS:
-        with open(corpus_path, "rb") as f:
-            corpus_sha = hashlib.sha256(f.read()).hexdigest()
-        weights = clip.patcher.model_state_dict()         # LoRA patches on the CLIP are part of it
-        _KEYS[cache_key] = cov.tensors_sha256(weights.items(), extra=f"layer={clip.layer_idx}|corpus={corpus_sha}")
-    return _KEYS[cache_key]
+    with open(corpus_path, "rb") as f:
+        corpus_sha = hashlib.sha256(f.read()).hexdigest()
+    clip.load_model()                                 # patched weights, whether or not it was loaded
+    return cov.tensors_sha256(clip.patcher.model_state_dict().items(),
+                              extra=f"layer={clip.layer_idx}|corpus={corpus_sha}")
 
 
 def _real_token_count(section, end_token):

@@ -24,7 +24,7 @@ import comfy.patcher_extension
 import comfy.utils
 
 from ..core import training
-from ..core.concept_file import read_concept, write_concept
+from ..core.concept_file import write_concept
 from ..core.concept_text import TOWERS, ConceptTokenizer
 from ..core.covariance import invert
 from ..core.errors import ConceptError
@@ -135,12 +135,17 @@ def _head_token(tokenizer, tower, word):
 def _validate(images, masks, trigger, superclass, model):
     if not torch.is_tensor(images) or images.ndim != 4 or images.shape[0] == 0:
         raise ConceptError("images: no images; connect 1 to 20 photos of the subject (an IMAGE batch)")
+    if not torch.isfinite(images).all():
+        raise ConceptError("images: some pixels are NaN or infinite; check the node that made the images")
     if masks is not None:
         if masks.ndim == 2:
             masks = masks[None]
         if masks.shape[0] != images.shape[0]:
             raise ConceptError(f"masks: {masks.shape[0]} masks for {images.shape[0]} images; give one mask per image "
                                "(or none)")
+        if masks.shape[-2:] != images.shape[1:3]:
+            raise ConceptError(f"masks: {masks.shape[-1]}x{masks.shape[-2]} pixels, the images are "
+                               f"{images.shape[2]}x{images.shape[1]}; give masks of the images' size")
         empty = [k for k in range(masks.shape[0]) if not masks[k].float().sum() > 0]
         if empty:
             raise ConceptError(f"masks: mask {empty[0] + 1} is empty (all black); it must cover the subject")
@@ -212,7 +217,8 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
                   lr_embedding=0.006, lr_values=0.03, train_beta=0.75, train_tau=0.1, resolution=512, flip=True,
                   masked_loss=True, seed=0, filename="my_concept", masks=None, progress=True, on_step=None,
                   gradient_checkpointing=False):
-    """Trains and saves a concept; returns (path, per-step losses). Writes nothing unless it finishes."""
+    """Trains and saves a concept; returns (path, trained concept, per-step losses). Writes nothing
+    unless it finishes."""
     trigger, superclass = trigger.strip(), superclass.strip()
     masks, family = _validate(images, masks, trigger, superclass, model)
     GateSettings(beta=train_beta, tau=train_tau).validated("Train Perfusion Concept")
@@ -253,21 +259,24 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
         train_clip.patcher.set_injections("perfusion_autograd", [_forward_injection(_clip_layers, _out_of_place_residuals)])
         train_model = model.clone()
         train_model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, INJECTION_KEY)
+        compute_dtype = _training_compute_dtype(model, device)
+        if compute_dtype is not None:
+            train_model.set_model_compute_dtype(compute_dtype)
         if gradient_checkpointing:
             train_model.set_injections("perfusion_checkpointing", [_forward_injection(_unet_blocks, _checkpointed)])
         frozen = _Frozen(train_model.model, train_clip.patcher.model)
-        train_clip.load_model()
-        _deinference_(train_clip.patcher.model)
-        comfy.model_management.load_models_gpu([train_model])
-        _deinference_(train_model.model)
-        model_sampling = train_model.get_model_object("model_sampling")
-        v_prediction = isinstance(model_sampling, comfy.model_sampling.V_PREDICTION)
-        sigma_data = float(getattr(model_sampling, "sigma_data", 1.0))
         stack, optimizer = None, None
         key0 = towers[0][-1]
         n_super = len(head_ids[towers[0]])
         try:
+            comfy.model_management.load_models_gpu([train_model, train_clip.patcher])
+            _deinference_(train_clip.patcher.model)
+            _deinference_(train_model.model)
             frozen.freeze()
+            model_sampling = train_model.get_model_object("model_sampling")
+            v_prediction = isinstance(model_sampling, comfy.model_sampling.V_PREDICTION)
+            sigma_data = float(getattr(model_sampling, "sigma_data", 1.0))
+            per_prompt_pooled = bool(train_model.model.adm_channels)
             for step in range(steps):
                 step_loss = 0.0
                 for _ in range(grad_accumulation):
@@ -284,30 +293,34 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
                                           for u in torch.rand(batch_size, generator=generator).clamp(1e-4, 1 - 1e-4)])
                     noise = torch.randn(x0.shape, generator=generator)
 
+                    # Both models in memory before the text encoder runs: loading the UNet later could
+                    # move text-encoder weights that this step's graph still needs.
+                    comfy.model_management.load_models_gpu([train_model, train_clip.patcher])
+                    _deinference_(train_clip.patcher.model)
+                    _deinference_(train_model.model)
                     tokens = [train_clip.tokenize(t.format(trigger)) for t in templates]
                     positions = [next(k for k, t in enumerate(tok[key0][0]) if torch.is_tensor(t[0])) for tok in tokens]
-                    context, pooled = _encode(train_clip, tokens)
+                    context, pooled = _encode(train_clip, tokens, per_prompt_pooled)
                     concept_encoding = context[torch.arange(batch_size), positions].mean(0)
                     if not trainable.initialised:
                         with torch.no_grad():
                             super_tokens = [train_clip.tokenize(t.format(superclass)) for t in templates]
                             super_context, _ = _encode(train_clip, super_tokens)
                             e_super = super_context[torch.arange(batch_size), [p + n_super - 1 for p in positions]].mean(0)
-                            comfy.model_management.load_models_gpu([train_model])
                             value_outputs = [m.to_v(e_super[None].to(device, _dtype(train_model)))
                                              for m in cross_attention_layers(train_model).values()]
                         trainable.initialise(e_super.to(device), [v.float() for v in value_outputs])
                         stack = training.TrainingStack(trainable, train_beta, train_tau)
                         train_model.set_injections(INJECTION_KEY, [Injection(stack)])
                         optimizer = torch.optim.AdamW(trainable.parameter_groups(lr_embedding, lr_values))
+                    if not torch.isfinite(concept_encoding).all():
+                        raise _diverged(step, "the trigger's encoding is no longer finite")
                     trainable.update_i_star(concept_encoding.to(device))
                     stack.refresh()
-                    comfy.model_management.load_models_gpu([train_model])
-                    _deinference_(train_model.model)
                     extra = {}
-                    if train_model.model.adm_channels:
+                    if per_prompt_pooled:           # SDXL: each prompt's own pooled output, with its gradient
                         extra["y"] = train_model.model.encode_adm(
-                            pooled_output=pooled.detach().repeat(batch_size, 1), width=resolution, height=resolution,
+                            pooled_output=pooled, width=resolution, height=resolution,
                             crop_w=0, crop_h=0, target_width=resolution, target_height=resolution).to(device)
                     xt = model_sampling.noise_scaling(sigma, noise, x0)
                     # The context in the model's dtype, so apply_model passes this very tensor to the
@@ -323,8 +336,7 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
                                                    training.objective_weight(sigma.to(device), v_prediction, sigma_data),
                                                    mask.to(device) if mask is not None else None)
                         if not torch.isfinite(loss):
-                            raise ConceptError(f"training diverged at step {step + 1} (the loss is {loss.item()}); "
-                                               "nothing was written. Lower lr_values / lr_embedding and try again")
+                            raise _diverged(step, f"the loss is {loss.item()}")
                         (loss / grad_accumulation).backward()
                     finally:
                         stack.end_forward(previous)
@@ -338,8 +350,10 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
                 if on_step is not None:
                     on_step(step + 1, step_loss)
         finally:
-            train_model.eject_model()
-            train_clip.patcher.eject_model()
+            # Eject our injections and restore object patches (e.g. the fp16 model's compute dtype) on
+            # the shared model now; the weights stay as loaded, ComfyUI re-checks them at the next load.
+            train_model.unpatch_model(unpatch_weights=False)
+            train_clip.patcher.unpatch_model(unpatch_weights=False)
             frozen.restore()
 
         info = {"perfusion.steps": str(steps), "perfusion.train_beta": repr(float(train_beta)),
@@ -349,15 +363,35 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
         concept = trainable.to_concept(INFERENCE_BETA, INFERENCE_TAU, covariance_key, info)
     write_concept(path, concept)
     log.info("Perfusion: saved %s (%d steps, final loss %.4g)", path, steps, losses[-1] if losses else float("nan"))
-    return path, losses
+    return path, concept, losses
+
+
+def _diverged(step, what):
+    return ConceptError(f"training diverged at step {step + 1} ({what}); nothing was written. "
+                        "Lower lr_values / lr_embedding and try again")
+
+
+def _training_compute_dtype(model, device):
+    """fp16 has too little range for these gradients (most value-target gradients underflow to 0):
+    an fp16 model trains with bf16 compute where the device has it, else fp32, as TrainLoraNode does."""
+    dtype = model.model.manual_cast_dtype or model.model.get_dtype()
+    if dtype != torch.float16:
+        return None
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
 
 
 def _dtype(model):
     return model.model.manual_cast_dtype or model.model.get_dtype()
 
 
-def _encode(clip, tokens):
-    """A batch of one-chunk prompts in one text-encoder forward: ([B, 77, D], pooled of the first)."""
+def _encode(clip, tokens, per_prompt_pooled=False):
+    """A batch of one-chunk prompts: ([B, 77, D], pooled). In one text-encoder forward, whose pooled
+    output is the first prompt's; with ``per_prompt_pooled`` (SDXL's ADM needs it) one forward each."""
+    if per_prompt_pooled:
+        outs = [clip.encode_from_tokens(tok, return_pooled=True) for tok in tokens]
+        return torch.cat([c for c, _ in outs]), torch.cat([p for _, p in outs])
     batch = {}
     for tok in tokens:
         for key, sections in tok.items():
@@ -405,11 +439,11 @@ class PerfusionTrainConcept:
     def train(self, model, clip, vae, images, trigger, superclass, steps, batch_size, grad_accumulation, lr_embedding,
               lr_values, train_beta, train_tau, resolution, flip, masked_loss, seed, filename, masks=None,
               gradient_checkpointing=False):
-        path, losses = train_concept(model, clip, vae, images, trigger, superclass, steps, batch_size, grad_accumulation,
-                                     lr_embedding, lr_values, train_beta, train_tau, resolution, flip, masked_loss,
-                                     seed, filename, masks, gradient_checkpointing=gradient_checkpointing)
+        path, concept, losses = train_concept(model, clip, vae, images, trigger, superclass, steps, batch_size,
+                                              grad_accumulation, lr_embedding, lr_values, train_beta, train_tau,
+                                              resolution, flip, masked_loss, seed, filename, masks,
+                                              gradient_checkpointing=gradient_checkpointing)
         name = os.path.basename(path)
-        concept = read_concept(path, name=name)
         curve = _loss_curve(losses, steps)
         import nodes as comfy_nodes                     # the loss curve shows on the node when done
         preview = comfy_nodes.PreviewImage().save_images(curve, filename_prefix="perfusion_loss")["ui"]

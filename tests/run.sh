@@ -21,5 +21,14 @@ fi
 # A CPU torch for the core tests; ComfyUI's venv already has its own.
 "$py" -c "import torch" 2>/dev/null || "$py" -m pip install "${pip_quiet[@]}" torch==2.13.0
 "$py" -m pip install "${pip_quiet[@]}" -r "$root/requirements.txt" -r "$tests/requirements.txt"
+if [[ -n ${COMFYUI_PATH:-} ]]; then
+  # The browser test drives Debian's chromium with playwright (which downloads no browser).
+  if ! command -v chromium >/dev/null && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null ||
+      echo "run.sh: could not install chromium; the browser test will be skipped" >&2
+  fi
+  "$py" -m pip install "${pip_quiet[@]}" -r "$tests/requirements-browser.txt" ||
+    echo "run.sh: could not install playwright; the browser test will be skipped" >&2
+fi
 cd "$tests"
 exec "$py" -m pytest "$@"

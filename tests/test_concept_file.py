@@ -197,3 +197,14 @@ def test_concept_is_immutable():
     with pytest.raises(Exception):
         c.trigger = "x"
     assert replace(c, trigger="x").trigger == "x" and c.trigger == "sks"
+
+
+def test_values_too_large_for_float16_are_refused_before_writing(tmp_path):
+    concept = sd15()
+    path = SD15_LAYERS[0][0]
+    big = dict(concept.v_targets, **{path: torch.full((320,), 1e6)})
+    with pytest.raises(ConceptError, match=f"v_target.{path} has values too large for float16"):
+        write_concept(str(tmp_path / "big.safetensors"), replace(concept, v_targets=big))
+    assert os.listdir(tmp_path) == []
+    write_concept(str(tmp_path / "big.safetensors"), replace(concept, v_targets=big), dtype=torch.float32)
+    assert read_concept(str(tmp_path / "big.safetensors")).v_targets[path][0] == 1e6

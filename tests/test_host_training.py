@@ -129,14 +129,84 @@ def test_keys_stay_locked_to_the_superclass(setup):
 
 
 def test_saved_file_reproduces_the_trained_model(setup):
+    """The node's outputs carry the concept as trained (float32, in memory); the file stores float16."""
     folder, model, clip, vae, images = setup
     trained_model, trained_clip, name, _ = train(setup, "reproduce", steps=5)["result"]
     loaded_model, loaded_clip = Load().load(model, clip, name, 1.0)
+    in_memory = pack.nodes.model_patch.concept_stack(trained_model).concepts[0]
+    from_file = read_concept(str(folder / name))
+    assert not torch.equal(in_memory.v_targets[next(iter(in_memory.v_targets))],
+                           from_file.v_targets[next(iter(from_file.v_targets))])     # really two sources
     ctx = trained_clip.encode_from_tokens(trained_clip.tokenize("a photo of sks"))
-    assert torch.equal(ctx, loaded_clip.encode_from_tokens(loaded_clip.tokenize("a photo of sks")))
-    assert torch.equal(host.unet_output(trained_model, ctx), host.unet_output(loaded_model, ctx))
+    ctx_file = loaded_clip.encode_from_tokens(loaded_clip.tokenize("a photo of sks"))
+    assert torch.allclose(ctx, ctx_file, atol=1e-2, rtol=1e-2)
+    trained_out, loaded_out = host.unet_output(trained_model, ctx), host.unet_output(loaded_model, ctx)
+    scale = trained_out.abs().max()
+    assert (trained_out - loaded_out).abs().max() < 2e-2 * scale
+    assert not torch.equal(trained_out, host.unet_output(model, ctx))                   # and the concept acts
     assert name in Load.INPUT_TYPES()["required"]["concept_name"][0]          # listed without a restart
     assert not any(n.startswith("covariance") for n in Load.INPUT_TYPES()["required"]["concept_name"][0])
+
+
+def test_keys_are_locked_to_the_superclass_head_token(setup):
+    """e_super is the superclass's last token ("bear" of "teddy bear") encoded in a training template, and
+    the trained concept's key at its own target input is g(1) W_k e_super."""
+    folder, model, clip, vae, images = setup
+    trained_model, _, name, _ = train(setup, "keylock", steps=1, batch_size=1, grad_accumulation=1)["result"]
+    concept = pack.nodes.model_patch.concept_stack(trained_model).concepts[0]
+    head, first = clip.tokenize("bear")["l"][0][1][0], clip.tokenize("teddy")["l"][0][1][0]
+    heads, firsts = [], []
+    for template in pack.core.training.TEMPLATES:
+        tokens = clip.tokenize(template.format("teddy bear"))
+        encoding = clip.encode_from_tokens(tokens)[0]
+        ids = [t[0] for t in tokens["l"][0]]
+        heads.append(encoding[ids.index(head)])
+        firsts.append(encoding[ids.index(first)])
+    close = lambda a, b: torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert any(close(concept.superclass_encoding, h) for h in heads)
+    assert not any(close(concept.superclass_encoding, f) for f in firsts)
+    stack = pack.nodes.model_patch.concept_stack(trained_model)
+    path, layer = next(iter(pack.nodes.model_patch.cross_attention_layers(model).items()))
+    to_k = layer.to_k
+    plain = type(to_k).forward.__get__(to_k)
+    key = stack.key_forward(path, plain, concept.i_star[None, None])
+    gate = torch.sigmoid(torch.tensor((1 - 0.7) / 0.15))
+    assert torch.allclose(key, gate * plain(concept.superclass_encoding[None, None]), atol=1e-4, rtol=1e-3)
+
+
+def test_the_objective_matches_comfyuis_parameterisation():
+    """x0_hat = a x - b m for the model output m: the model's own loss ||m - m*||^2 is ||x0_hat - x0||^2 / b^2."""
+    import comfy.model_sampling as ms_module
+    for kind, v in ((ms_module.EPS, False), (ms_module.V_PREDICTION, True)):
+        class Sampling(ms_module.ModelSamplingDiscrete, kind):
+            pass
+        ms = Sampling()
+        sigma = torch.tensor([0.3, 2.0, 9.0])
+        x = torch.zeros(3, 1, 1, 1)
+        b = ms.calculate_denoised(sigma, torch.zeros(3, 1, 1, 1), x) - ms.calculate_denoised(sigma, torch.ones(3, 1, 1, 1), x)
+        expected = 1.0 / b.reshape(-1) ** 2
+        got = pack.core.training.objective_weight(sigma, v, float(getattr(ms, "sigma_data", 1.0)))
+        assert torch.allclose(got, expected, rtol=1e-5), (kind, got, expected)
+
+
+def test_an_fp16_model_trains_like_fp32(setup):
+    """fp16 has too little range for these gradients; the trainer computes in fp32 (bf16 on CUDA)."""
+    folder, _, clip, vae, images = setup
+    half = host.tiny_model("sd1", fan_in=True, dtype=torch.float16)
+    full = host.tiny_model("sd1", fan_in=True)
+    with torch.no_grad():
+        for p in full.model.diffusion_model.parameters():
+            p.copy_(p.half().float())                                  # the same (fp16-rounded) weights
+    results = []
+    for model, name in ((half, "fp16"), (full, "fp32")):
+        with torch.inference_mode():
+            out = train_module.PerfusionTrainConcept().train(model, clip, vae, images, "sks", "teddy bear", 2, 2, 1,
+                                                             0.006, 0.03, 0.75, 0.1, 64, True, True, 0, f"dtype_{name}")
+        results.append(read_concept(str(folder / out["result"][2])))
+    assert half.model.get_dtype() == torch.float16 and half.model.manual_cast_dtype is None   # input untouched
+    for path in results[0].v_targets:
+        assert torch.allclose(results[0].v_targets[path], results[1].v_targets[path], atol=2e-3, rtol=1e-2)
+    assert torch.allclose(results[0].embeddings["clip_l"], results[1].embeddings["clip_l"], atol=2e-3, rtol=1e-2)
 
 
 def test_same_seed_same_file(setup):
@@ -227,7 +297,9 @@ def test_masks_are_used(setup):
     (dict(superclass=" "), "superclass: expected"),
     (dict(filename="../escape"), "no folders, no '..'"),
     (dict(filename="learns"), "'learns.safetensors' already exists"),
-    (dict(images=torch.full((4, 64, 64, 3), float("nan"))), "diverged at step 1"),
+    (dict(images=torch.full((4, 64, 64, 3), float("nan"))), "images: some pixels are NaN"),
+    (dict(masks=torch.ones(4, 32, 32)), "masks: 32x32 pixels, the images are 64x64"),
+    (dict(steps=4, lr_values=1e20, lr_embedding=1e20), "training diverged at step"),
 ])
 def test_bad_input_is_refused_and_writes_nothing(setup, change, message):
     folder, model, clip, vae, images = setup
@@ -263,6 +335,18 @@ def test_shipped_corpus_and_covariance_cache(setup):
     C, key = covariance_cache.covariance_for(clip, show_progress=False)
     cached = folder / "covariance" / f"{key}.safetensors"
     assert cached.is_file()
+    # the key follows the weights as used: a LoRA on the CLIP, and its strength, give another key;
+    # whether the CLIP happened to be loaded does not
+    comfy.model_management.unload_all_models()
+    assert covariance_cache.covariance_key(clip) == key
+    name = next(k for k in clip.patcher.model.state_dict() if k.endswith("mlp.fc1.weight"))
+    delta = torch.full_like(clip.patcher.model.state_dict()[name], 0.01)
+    keys = []
+    for strength in (1.0, 0.1):
+        loraed = clip.clone()
+        loraed.add_patches({name: (delta,)}, strength)
+        keys.append(covariance_cache.covariance_key(loraed))
+    assert len({key, *keys}) == 3
     assert torch.allclose(C, C.T) and torch.linalg.eigvalsh(C)[0] > 0
     # a different clip layer setting is another covariance
     other = clip.clone()
