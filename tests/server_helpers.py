@@ -94,7 +94,16 @@ def running_server(base):
         pack.core.concept_file.write_concept(str(concepts / f"test_{trigger}.safetensors"),
                                              host.concept_for(pack, model, clip, trigger=trigger, seed=k, covariance=C))
     (base / "extra_model_paths.yaml").write_text(
-        f"perfusion_test:\n    base_path: {base}\n    custom_nodes: custom_nodes\n    perfusion: models/perfusion\n")
+        f"perfusion_test:\n    base_path: {base}\n    custom_nodes: custom_nodes\n    perfusion: models/perfusion\n"
+        "    checkpoints: models/checkpoints\n")
+    # header-only stand-ins for real checkpoints: the UI reads a checkpoint's family from its header
+    checkpoints = base / "models" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    import torch
+    from safetensors.torch import save_file
+    probe = "model.diffusion_model.input_blocks.{}.1.transformer_blocks.0.attn2.to_k.weight"
+    save_file({probe.format(4): torch.zeros(640, 2048, dtype=torch.float16)}, str(checkpoints / "fake_sdxl.safetensors"))
+    save_file({probe.format(1): torch.zeros(320, 768, dtype=torch.float16)}, str(checkpoints / "fake_sd15.safetensors"))
     for d in ("output", "temp", "input", "user"):
         (base / d).mkdir(exist_ok=True)
     with open(os.path.join(host.ROOT, "data", "captions.txt")) as f:

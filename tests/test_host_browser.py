@@ -98,3 +98,77 @@ def test_load_node_shows_the_concept_file_info(page):
     }}""")
     assert lines and 'trigger "sks"' in lines[0] and "sd1" in lines[1], lines
     page.screenshot(path=str(page.base / "load_concept.png"))
+
+
+def test_preview_on_release_requeues_once_after_the_slider_stops(page):
+    queued = page.evaluate(f"""async () => {{
+        const app = {APP};
+        const LiteGraph = window.LiteGraph ?? window.comfyAPI.litegraph?.LiteGraph;
+        const node = LiteGraph.createNode("PerfusionGateStrength");
+        app.graph.add(node);
+        const calls = [];
+        const original = app.queuePrompt;
+        app.queuePrompt = async (...args) => {{ calls.push(args); }};
+        try {{
+            const beta = node.widgets.find(w => w.name === "beta");
+            const drag = () => {{ for (const v of [0.5, 0.52, 0.55]) {{ beta.value = v; beta.callback?.(v); }} }};
+            drag();                                                  // preview off: nothing queued
+            await new Promise(r => setTimeout(r, 700));
+            const off = calls.length;
+            const toggle = node.widgets.find(w => w.name === "preview on release");
+            toggle.value = true; toggle.callback?.(true);
+            drag();                                                  // a drag = several changes, one queue
+            await new Promise(r => setTimeout(r, 700));
+            return {{off, on: calls.length - off, saved: node.properties.perfusionPreview}};
+        }} finally {{ app.queuePrompt = original; }}
+    }}""")
+    assert queued == {"off": 0, "on": 1, "saved": True}
+
+
+def test_training_progress_shows_on_the_node(page):
+    lines = page.evaluate(f"""async () => {{
+        const app = {APP};
+        const LiteGraph = window.LiteGraph ?? window.comfyAPI.litegraph?.LiteGraph;
+        const node = LiteGraph.createNode("PerfusionTrainConcept");
+        app.graph.add(node);
+        window.comfyAPI.api.api.dispatchCustomEvent("perfusion.train", {{node: String(node.id), step: 12, steps: 400, loss: 0.123456}});
+        await new Promise(r => setTimeout(r, 50));
+        return node.perfusionLines;
+    }}""")
+    assert lines == ["step 12 / 400 · loss 0.1235"]
+
+
+def flag_workflow(checkpoint):
+    """A checkpoint loader feeding 'Load Rank-1 Concept' with an sd1 concept, in the frontend's format."""
+    return {"last_node_id": 2, "last_link_id": 1, "version": 0.4, "groups": [], "config": {}, "extra": {},
+            "links": [[1, 1, 0, 2, 0, "MODEL"]],
+            "nodes": [{"id": 1, "type": "CheckpointLoaderSimple", "pos": [80, 120], "size": [320, 100], "flags": {},
+                       "order": 0, "mode": 0, "inputs": [], "properties": {}, "widgets_values": [checkpoint],
+                       "outputs": [{"name": "MODEL", "type": "MODEL", "links": [1]}, {"name": "CLIP", "type": "CLIP", "links": []},
+                                   {"name": "VAE", "type": "VAE", "links": []}]},
+                      {"id": 2, "type": "PerfusionLoadConcept", "pos": [480, 120], "size": [320, 130], "flags": {},
+                       "order": 1, "mode": 0, "properties": {}, "widgets_values": ["test_sks.safetensors", 1.0],
+                       "inputs": [{"name": "model", "type": "MODEL", "link": 1}, {"name": "clip", "type": "CLIP", "link": None}],
+                       "outputs": [{"name": "model", "type": "MODEL", "links": []}, {"name": "clip", "type": "CLIP", "links": []}]}]}
+
+
+LOAD_AND_WAIT = f"""async ([workflow, text]) => {{
+    const app = {APP};
+    await app.loadGraphData(workflow);
+    const load = app.graph._nodes.find(n => n.type === "PerfusionLoadConcept");
+    for (let i = 0; i < 50 && !(load.perfusionLines ?? []).join().includes(text); i++)
+        await new Promise(r => setTimeout(r, 100));
+    app.canvas.setDirty(true, true);
+    return [...(load.perfusionLines ?? []), load.perfusionWarning];
+}}"""
+
+
+def test_a_concept_for_another_family_is_flagged_before_queueing(page):
+    mismatch = page.evaluate(LOAD_AND_WAIT, [flag_workflow("fake_sdxl.safetensors"), "made for"])
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(page.base / "family_flag.png"))
+    assert "⚠ made for sd1; fake_sdxl.safetensors is sdxl" in mismatch and mismatch[-1] is True, mismatch
+    match = page.evaluate(LOAD_AND_WAIT, [flag_workflow("fake_sd15.safetensors"), "sd1"])
+    page.wait_for_timeout(1000)
+    match = page.evaluate(LOAD_AND_WAIT, [flag_workflow("fake_sd15.safetensors"), "sd1"])
+    assert 'trigger "sks"' in match[0] and not any("made for" in str(x) for x in match) and match[-1] is False, match

@@ -30,6 +30,18 @@ def test_server_lists_the_nodes(server):
     assert "ComfyUI-Perfusion" in server.get("/workflow_templates")
 
 
+def test_ui_routes(server):
+    concepts = {c["name"]: c for c in server.get("/perfusion/concepts")}
+    sks = concepts["test_sks.safetensors"]
+    assert (sks["trigger"], sks["superclass"], sks["model"], sks["format"]) == ("sks", "dog", "sd1", "1")
+    assert sks["size"] > 1000 and sks["steps"] == "400"
+    assert not any(name.startswith("covariance") for name in concepts)
+    assert server.get("/perfusion/checkpoint_family?name=fake_sdxl.safetensors")["family"] == "sdxl"
+    assert server.get("/perfusion/checkpoint_family?name=fake_sd15.safetensors") == \
+        {"name": "fake_sd15.safetensors", "family": "sd1", "context_dim": 768}
+    assert server.get("/perfusion/checkpoint_family?name=missing.safetensors")["family"] is None
+
+
 def tiny(workflow, concepts):
     """The example workflow on the tiny model: checkpoint loader swapped, concept names set, small and fast."""
     api = to_api(workflow, host_object_info[0])

@@ -70,7 +70,10 @@ function setLines(node, lines, warning) {
   node.setDirtyCanvas(true, true);
 }
 
+// Creation, connections and the combo each start an update; they await fetches and may finish in any
+// order, so only the newest one (which saw the newest graph) may publish its result.
 async function updateLoadNode(node) {
+  const ticket = (node.perfusionTicket = (node.perfusionTicket ?? 0) + 1);
   const name = node.widgets?.find((w) => w.name === "concept_name")?.value;
   if (!concepts.has(name)) await refreshConcepts();
   const info = concepts.get(name);
@@ -84,7 +87,7 @@ async function updateLoadNode(node) {
       warning = true;
     }
   }
-  setLines(node, lines, warning);
+  if (ticket === node.perfusionTicket) setLines(node, lines, warning);
 }
 
 function drawLines(node, ctx) {
