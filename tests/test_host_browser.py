@@ -22,6 +22,10 @@ WORKFLOWS = os.path.join(host.ROOT, "workflows")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage"]
 APP = "window.comfyAPI.app.app"
+# JS preamble: `app`, and `newNode(type)` that creates a node and adds it to the graph.
+NEW_NODE = f"""const app = {APP};
+        const LiteGraph = window.LiteGraph ?? window.comfyAPI.litegraph?.LiteGraph;
+        const newNode = (type) => {{ const n = LiteGraph.createNode(type); app.graph.add(n); return n; }};"""
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +55,8 @@ def test_extension_is_registered_and_served(page):
 
 def test_gate_strength_sliders_render_and_change(page):
     state = page.evaluate(f"""() => {{
-        const app = {APP};
-        const LiteGraph = window.LiteGraph ?? window.comfyAPI.litegraph?.LiteGraph;
-        const node = LiteGraph.createNode("PerfusionGateStrength");
-        app.graph.add(node);
+        {NEW_NODE}
+        const node = newNode("PerfusionGateStrength");
         const sliders = node.widgets.filter(w => w.type === "slider").map(w => w.name);
         const beta = node.widgets.find(w => w.name === "beta");
         beta.value = 0.55; beta.callback?.(0.55);
@@ -85,10 +87,8 @@ def test_example_workflow_loads_without_missing_nodes(page, name):
 
 def test_load_node_shows_the_concept_file_info(page):
     lines = page.evaluate(f"""async () => {{
-        const app = {APP};
-        const LiteGraph = window.LiteGraph ?? window.comfyAPI.litegraph?.LiteGraph;
-        const node = LiteGraph.createNode("PerfusionLoadConcept");
-        app.graph.add(node);
+        {NEW_NODE}
+        const node = newNode("PerfusionLoadConcept");
         const combo = node.widgets.find(w => w.name === "concept_name");
         combo.value = "test_sks.safetensors"; combo.callback?.(combo.value);
         for (let i = 0; i < 50 && !(node.perfusionLines ?? []).join().includes("sks"); i++)
@@ -102,10 +102,8 @@ def test_load_node_shows_the_concept_file_info(page):
 
 def test_preview_on_release_requeues_once_after_the_slider_stops(page):
     queued = page.evaluate(f"""async () => {{
-        const app = {APP};
-        const LiteGraph = window.LiteGraph ?? window.comfyAPI.litegraph?.LiteGraph;
-        const node = LiteGraph.createNode("PerfusionGateStrength");
-        app.graph.add(node);
+        {NEW_NODE}
+        const node = newNode("PerfusionGateStrength");
         const calls = [];
         const original = app.queuePrompt;
         app.queuePrompt = async (...args) => {{ calls.push(args); }};
@@ -127,10 +125,8 @@ def test_preview_on_release_requeues_once_after_the_slider_stops(page):
 
 def test_training_progress_shows_on_the_node(page):
     lines = page.evaluate(f"""async () => {{
-        const app = {APP};
-        const LiteGraph = window.LiteGraph ?? window.comfyAPI.litegraph?.LiteGraph;
-        const node = LiteGraph.createNode("PerfusionTrainConcept");
-        app.graph.add(node);
+        {NEW_NODE}
+        const node = newNode("PerfusionTrainConcept");
         window.comfyAPI.api.api.dispatchCustomEvent("perfusion.train", {{node: String(node.id), step: 12, steps: 400, loss: 0.123456}});
         await new Promise(r => setTimeout(r, 50));
         return node.perfusionLines;
