@@ -271,13 +271,6 @@ def write_concept(path: str, concept: Concept, dtype=torch.float16, overwrite: b
     return path
 
 
-def describe(concept: Concept) -> dict:
-    """JSON-friendly summary (for the UI and error messages)."""
-    return {"trigger": concept.trigger, "superclass": concept.superclass, "model": concept.model,
-            "context_dim": concept.context_dim, "layers": len(concept.v_targets),
-            "beta": concept.beta, "tau": concept.tau, "info": dict(concept.info)}
-
-
 def read_metadata(path: str) -> dict:
     """The header metadata only (cheap: no tensor is read)."""
     _sniff(path, os.path.basename(path))
