@@ -29,7 +29,7 @@ SUPER_CONTEXT_KEY = "perfusion_superclass_context"
 
 
 class ForwardPlan:
-    """Which concepts act in one forward, with their strength, beta and tau (float32 [n])."""
+    """One forward's strength, beta and tau for every concept (float32 [N]; off concepts have 0)."""
 
     def __init__(self, indices, strength, beta, tau, global_lock):
         self.indices = tuple(indices)
