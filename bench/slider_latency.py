@@ -39,7 +39,10 @@ def main():
     import comfy.model_patcher
     import comfy.sd
     import comfy.supported_models
+    import comfy.utils
     import nodes
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False
     import tiny_models
     from concept_factory import make_concept, random_covariance
     from pack_loader import load_pack
@@ -84,7 +87,7 @@ def main():
     def sample(m):
         first_call.clear()
         with torch.inference_mode():
-            nodes.common_ksampler(m, 0, 1, 7.0, "euler", "normal", positive, negative, latent, disable_pbar=True)
+            nodes.common_ksampler(m, 0, 1, 7.0, "euler", "normal", positive, negative, latent)
         return first_call["t"]
 
     def after_gate_change(concept_model, beta):
@@ -100,7 +103,7 @@ def main():
     def one_step(m):
         start = time.perf_counter()
         with torch.inference_mode():
-            nodes.common_ksampler(m, 0, 1, 7.0, "euler", "normal", positive, negative, latent, disable_pbar=True)
+            nodes.common_ksampler(m, 0, 1, 7.0, "euler", "normal", positive, negative, latent)
         return time.perf_counter() - start
 
     concept_model = patch.apply_concept(with_lora(0.8), concept, 1.0)
