@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 import comfy.conds
 
 from ..core.concept_stack import SUPER_CONTEXT_KEY
@@ -37,3 +39,17 @@ def add_concept_to_clip(clip, concept):
     patched.tokenizer = tokenizer
     patched.cond_stage_model = encoder
     return patched
+
+
+def encode_prompts(clip, tokens, per_prompt_pooled=False):
+    """A batch of one-chunk prompts: ([B, 77, D], pooled). In one text-encoder forward, whose pooled
+    output is the first prompt's; with ``per_prompt_pooled`` (SDXL's ADM needs it) one forward each."""
+    if per_prompt_pooled:
+        outs = [clip.encode_from_tokens(tok, return_pooled=True) for tok in tokens]
+        return torch.cat([c for c, _ in outs]), torch.cat([p for _, p in outs])
+    batch = {}
+    for tok in tokens:
+        for key, sections in tok.items():
+            batch.setdefault(key, []).append(sections[0])
+    cond, pooled = clip.encode_from_tokens(batch, return_pooled=True)
+    return cond.reshape(len(tokens), -1, cond.shape[-1]), pooled

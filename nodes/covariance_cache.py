@@ -15,6 +15,7 @@ import comfy.utils
 
 from ..core import covariance as cov
 from . import model_folder
+from .clip_patch import encode_prompts
 
 SHIPPED_CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "captions.txt")
 # PERFUSION_CAPTIONS: another caption file (one caption per line) for C, e.g. captions of your own domain.
@@ -54,19 +55,12 @@ def compute_covariance(clip, captions, progress=None) -> torch.Tensor:
     for start in range(0, len(captions), BATCH):
         comfy.model_management.throw_exception_if_processing_interrupted()
         batch = captions[start:start + BATCH]
-        tokens, counts = {}, None
-        for text in batch:
-            tokenized = clip.tokenize(text)
-            for key, sections in tokenized.items():
-                tokens.setdefault(key, []).append(sections[0])     # first chunk: captions are short
-            if counts is None:
-                counts = []
-            key0 = next(iter(tokenized))
-            sub = getattr(tokenizer, "clip_" + key0, None) or getattr(tokenizer, key0, None)
-            counts.append(_real_token_count(tokenized[key0][0], getattr(sub, "end_token", None)))
+        tokens = [clip.tokenize(text) for text in batch]                # one 77-token chunk each
+        key0 = next(iter(tokens[0]))
+        end_token = getattr(getattr(tokenizer, "clip_" + key0, None), "end_token", None)
+        counts = [_real_token_count(t[key0][0], end_token) for t in tokens]
         with torch.inference_mode():
-            encodings = clip.encode_from_tokens(tokens)                # [1, len(batch) * 77, D]
-        encodings = encodings.reshape(len(batch), -1, encodings.shape[-1])
+            encodings = encode_prompts(clip, tokens)[0]                 # [len(batch), 77, D]
         real = torch.cat([encodings[k, :n] for k, n in enumerate(counts)])
         if accumulator is None:
             accumulator = cov.CovarianceAccumulator(real.shape[-1])

@@ -30,7 +30,7 @@ from ..core.covariance import invert
 from ..core.errors import ConceptError
 from ..core.gate_settings import GateSettings
 from . import model_folder
-from .clip_patch import add_concept_to_clip
+from .clip_patch import add_concept_to_clip, encode_prompts
 from .covariance_cache import covariance_for
 from .model_patch import INJECTION_KEY, Injection, apply_concept, concept_stack, cross_attention_layers, model_family
 
@@ -300,12 +300,12 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
                     _deinference_(train_model.model)
                     tokens = [train_clip.tokenize(t.format(trigger)) for t in templates]
                     positions = [next(k for k, t in enumerate(tok[key0][0]) if torch.is_tensor(t[0])) for tok in tokens]
-                    context, pooled = _encode(train_clip, tokens, per_prompt_pooled)
+                    context, pooled = encode_prompts(train_clip, tokens, per_prompt_pooled)
                     concept_encoding = context[torch.arange(batch_size), positions].mean(0)
                     if not trainable.initialised:
                         with torch.no_grad():
                             super_tokens = [train_clip.tokenize(t.format(superclass)) for t in templates]
-                            super_context, _ = _encode(train_clip, super_tokens)
+                            super_context, _ = encode_prompts(train_clip, super_tokens)
                             e_super = super_context[torch.arange(batch_size), [p + n_super - 1 for p in positions]].mean(0)
                             value_outputs = [m.to_v(e_super[None].to(device, _dtype(train_model)))
                                              for m in cross_attention_layers(train_model).values()]
@@ -384,20 +384,6 @@ def _training_compute_dtype(model, device):
 
 def _dtype(model):
     return model.model.manual_cast_dtype or model.model.get_dtype()
-
-
-def _encode(clip, tokens, per_prompt_pooled=False):
-    """A batch of one-chunk prompts: ([B, 77, D], pooled). In one text-encoder forward, whose pooled
-    output is the first prompt's; with ``per_prompt_pooled`` (SDXL's ADM needs it) one forward each."""
-    if per_prompt_pooled:
-        outs = [clip.encode_from_tokens(tok, return_pooled=True) for tok in tokens]
-        return torch.cat([c for c, _ in outs]), torch.cat([p for _, p in outs])
-    batch = {}
-    for tok in tokens:
-        for key, sections in tok.items():
-            batch.setdefault(key, []).append(sections[0])
-    cond, pooled = clip.encode_from_tokens(batch, return_pooled=True)
-    return cond.reshape(len(tokens), -1, cond.shape[-1]), pooled
 
 
 class PerfusionTrainConcept:
