@@ -15,13 +15,12 @@ import json
 import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from .atomic_file import save_atomic
 from .errors import ConceptError
 from .gate_settings import SLIDERS
 
@@ -239,35 +238,12 @@ def write_concept(path: str, concept: Concept, dtype=torch.float16, overwrite: b
         raise ValueError(f"dtype must be torch.float16 or torch.float32, got {dtype}")
     if not overwrite and os.path.exists(path):
         raise ConceptError(f"concept file '{os.path.basename(path)}' already exists; choose another name")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".perfusion-", suffix=".tmp", dir=folder)
-    os.close(fd)
     tensors = concept_tensors(concept, dtype)
     too_large = [k for k, t in tensors.items() if not torch.isfinite(t).all()]
     if too_large:
-        os.unlink(tmp)
         raise ConceptError(f"concept '{concept.trigger}': {too_large[0]} has values too large for "
                            f"{str(dtype).replace('torch.', '')}; nothing was written")
-    try:
-        save_file(tensors, tmp, metadata=concept_metadata(concept))
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if a file appeared meanwhile: never overwrite silently
-            except FileExistsError:
-                raise ConceptError(f"concept file '{os.path.basename(path)}' already exists; choose another name") from None
-            except OSError:         # file systems without hard links
-                if os.path.exists(path):
-                    raise ConceptError(f"concept file '{os.path.basename(path)}' already exists; choose another name") from None
-                os.replace(tmp, path)
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save_atomic(tensors, path, concept_metadata(concept), what="concept file", overwrite=overwrite)
     return path
 
 

@@ -20,7 +20,46 @@ def _word_ids(sub_tokenizer, word):
     return ids[start:end]
 
 
-class ConceptTokenizer:
+class WholeWordSwap:
+    """Token swapping shared by the tokenizer wrappers: ``self._subs`` maps a token dict key to that
+    tower's SDTokenizer, ``self._word_end`` caches which token ids end a word, ``self.swaps`` maps a
+    token dict key to {token id: embedding tensor}."""
+
+    def tokenize_with_weights(self, text, return_word_ids=False, **kwargs):
+        out = self.inner.tokenize_with_weights(text, return_word_ids, **kwargs)
+        for key, segments in out.items():
+            table = self.swaps.get(key)
+            if table:
+                out[key] = [self._swap(key, table, segment) for segment in segments]
+        return out
+
+    def _swap(self, key, table, segment):
+        """The trigger's token becomes the embedding where it is a whole word: "sks", "(sks:1.2)",
+        "sks," but not the tail of "flasks" (BPE: fla + sks</w>)."""
+        out, previous = [], None
+        for t in segment:
+            token = t[0]
+            if isinstance(token, int) and token in table and self._starts_word(key, previous):
+                out.append((table[token], *t[1:]))
+            else:
+                out.append(t)
+            previous = token
+        return out
+
+    def _starts_word(self, key, previous):
+        if previous is None or not isinstance(previous, int):
+            return True
+        sub = self._subs[key]
+        if previous in (getattr(sub, "start_token", None), getattr(sub, "end_token", None), getattr(sub, "pad_token", None)):
+            return True
+        cached = self._word_end.get((key, previous))
+        if cached is None:
+            text = sub.tokenizer.convert_ids_to_tokens(previous)
+            cached = self._word_end[(key, previous)] = not isinstance(text, str) or text.endswith("</w>")
+        return cached
+
+
+class ConceptTokenizer(WholeWordSwap):
     """Tokenizer wrapper: the trigger's token id becomes the concept's embedding tensor.
 
     ``concepts``: sequence of (trigger, superclass, {tower: embedding [width]}, label).
@@ -61,39 +100,6 @@ class ConceptTokenizer:
                 # A several-token superclass ("teddy bear") keeps its head noun, the last token, so that
                 # the superclass prompt has the same length and positions as the trigger prompt.
                 self.superclass_ids[id(embeddings[tower])] = (embeddings[tower], super_ids[-1])
-
-    def tokenize_with_weights(self, text, return_word_ids=False, **kwargs):
-        out = self.inner.tokenize_with_weights(text, return_word_ids, **kwargs)
-        for key, segments in out.items():
-            table = self.swaps.get(key)
-            if table:
-                out[key] = [self._swap(key, table, segment) for segment in segments]
-        return out
-
-    def _swap(self, key, table, segment):
-        """The trigger's token becomes the embedding where it is a whole word: "sks", "(sks:1.2)",
-        "sks," but not the tail of "flasks" (BPE: fla + sks</w>)."""
-        out, previous = [], None
-        for t in segment:
-            token = t[0]
-            if isinstance(token, int) and token in table and self._starts_word(key, previous):
-                out.append((table[token], *t[1:]))
-            else:
-                out.append(t)
-            previous = token
-        return out
-
-    def _starts_word(self, key, previous):
-        if previous is None or not isinstance(previous, int):
-            return True
-        sub = self._subs[key]
-        if previous in (getattr(sub, "start_token", None), getattr(sub, "end_token", None), getattr(sub, "pad_token", None)):
-            return True
-        cached = self._word_end.get((key, previous))
-        if cached is None:
-            text = sub.tokenizer.convert_ids_to_tokens(previous)
-            cached = self._word_end[(key, previous)] = not isinstance(text, str) or text.endswith("</w>")
-        return cached
 
     def untokenize(self, token_weight_pair):
         return self.inner.untokenize(token_weight_pair)
@@ -156,3 +162,27 @@ class ConceptTextEncoder:
         if name == "inner":
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+
+class PlaceholderTokenizer(WholeWordSwap):
+    """Subject placeholders: marker words become per-tower embedding tensors where they are whole words.
+
+    Wraps whatever tokenizer the CLIP has (a ConceptTokenizer included, so Perfusion triggers in the
+    same prompt still work). ``swaps``: {tower ("clip_l", ...): {marker word: embedding [width]}}.
+    SDClipModel.process_tokens puts a tensor at its position, so the prompt keeps its length.
+    """
+
+    def __init__(self, inner, swaps: dict):
+        self.inner, self._subs, self._word_end, self.swaps = inner, {}, {}, {}
+        for tower, table in swaps.items():
+            sub = getattr(inner, tower, None)
+            if sub is None:
+                continue
+            self._subs[tower[-1]] = sub
+            ids = {}
+            for word, embedding in table.items():
+                word_ids = _word_ids(sub, word)
+                if len(word_ids) != 1:
+                    raise ConceptError(f"placeholder marker {word!r} is {len(word_ids)} tokens for {tower}")
+                ids[word_ids[0]] = embedding
+            self.swaps[tower[-1]] = ids

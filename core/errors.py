@@ -3,3 +3,7 @@
 
 class ConceptError(ValueError):
     """Bad concept file, bad node input, or a concept that does not fit the model."""
+
+
+class SubjectError(ConceptError):
+    """Bad subject-reference input: adapter file, reference image, mask, box or subject chain."""

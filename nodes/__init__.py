@@ -1,12 +1,15 @@
 """ComfyUI node classes of the pack (thin: the math and file format live in core/)."""
 
-from . import model_folder, routes
+from . import model_folder, routes, subject_adapter
 from .gate_strength import PerfusionGateStrength
 from .gate_sweep import PerfusionGateSweep
 from .load_concept import PerfusionLoadConcept
+from .subject_nodes import (SubjectReferenceApply, SubjectReferenceEncoder, SubjectReferenceLoader,
+                            SubjectReferenceTextEncode)
 from .train_concept import PerfusionTrainConcept
 
 model_folder.register()
+subject_adapter.register()
 routes.register()
 
 NODE_CLASS_MAPPINGS = {
@@ -14,10 +17,18 @@ NODE_CLASS_MAPPINGS = {
     "PerfusionGateStrength": PerfusionGateStrength,
     "PerfusionTrainConcept": PerfusionTrainConcept,
     "PerfusionGateSweep": PerfusionGateSweep,
+    "SubjectReferenceLoader": SubjectReferenceLoader,
+    "SubjectReferenceEncoder": SubjectReferenceEncoder,
+    "SubjectReferenceApply": SubjectReferenceApply,
+    "SubjectReferenceTextEncode": SubjectReferenceTextEncode,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "PerfusionLoadConcept": "Load Rank-1 Concept",
     "PerfusionGateStrength": "Gate Strength",
     "PerfusionTrainConcept": "Train Perfusion Concept",
     "PerfusionGateSweep": "Gate Sweep",
+    "SubjectReferenceLoader": "Load Subject Adapter",
+    "SubjectReferenceEncoder": "Subject Reference Encoder",
+    "SubjectReferenceApply": "Apply Subject Reference",
+    "SubjectReferenceTextEncode": "Subject Reference Text Encode",
 }

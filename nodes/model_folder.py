@@ -18,12 +18,17 @@ EXTENSIONS = {".safetensors"}
 COVARIANCE_SUBFOLDER = "covariance"
 
 
-def register() -> None:
-    paths, extensions = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
-    default = os.path.join(folder_paths.models_dir, FOLDER)
+def register_folder(folder: str, extensions: set) -> None:
+    """models/<folder> after any folders extra_model_paths.yaml already gave it."""
+    paths, known = folder_paths.folder_names_and_paths.get(folder, ([], set()))
+    default = os.path.join(folder_paths.models_dir, folder)
     if default not in paths:
         paths = list(paths) + [default]
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(extensions) | EXTENSIONS)
+    folder_paths.folder_names_and_paths[folder] = (paths, set(known) | extensions)
+
+
+def register() -> None:
+    register_folder(FOLDER, EXTENSIONS)
 
 
 def concept_names() -> list[str]:

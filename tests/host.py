@@ -31,6 +31,7 @@ import comfy.model_management  # noqa: E402
 
 from pack_loader import load_pack  # noqa: E402,F401
 from tiny_models import (SD15_CONTEXT, SD2_CONTEXT, SDXL_G, SDXL_L, SDXL_POOLED, init_random_, tiny_clip,  # noqa: E402,F401
+                         tiny_clip_vision,
                          tiny_model, tiny_vae)
 
 
