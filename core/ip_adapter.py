@@ -88,11 +88,13 @@ def detect(image_proj: dict, ip: dict, name: str) -> IPAdapterSpec:
     expected = list(range(1, 2 * len(numbers), 2))
     if sorted(numbers) != expected:
         raise SubjectError(f"adapter '{name}': layer numbers {sorted(numbers)[:6]}... are not 1, 3, 5, ...; the file is damaged")
+    incomplete = [n for n, pair in numbers.items() if set(pair) != {"to_k_ip", "to_v_ip"}]
+    if incomplete:
+        raise SubjectError(f"adapter '{name}': layer {incomplete[0]} needs both to_k_ip and to_v_ip; the file is damaged")
     context_dim = numbers[1]["to_k_ip"].shape[1]
     hidden = {}
     for n, pair in numbers.items():
-        if set(pair) != {"to_k_ip", "to_v_ip"} or pair["to_k_ip"].shape != pair["to_v_ip"].shape or \
-                pair["to_k_ip"].shape[1] != context_dim:
+        if pair["to_k_ip"].shape != pair["to_v_ip"].shape or pair["to_k_ip"].shape[1] != context_dim:
             raise SubjectError(f"adapter '{name}': layer {n} needs to_k_ip and to_v_ip of equal shape "
                                f"[hidden, {context_dim}]")
         hidden[n] = pair["to_k_ip"].shape[0]
@@ -103,8 +105,12 @@ def detect(image_proj: dict, ip: dict, name: str) -> IPAdapterSpec:
         return tuple(image_proj[key].shape)
 
     if "latents" in image_proj:
+        if len(shape("latents")) != 3:
+            raise SubjectError(f"adapter '{name}': image_proj.latents has shape {list(shape('latents'))}; expected [1, T, W]")
         _, tokens, _ = shape("latents")
         feature_dim = shape("proj_in.weight")[1]
+        for key in ("layers.0.0.to_q.weight", "layers.0.1.1.weight", "proj_out.weight", "norm_out.weight"):
+            shape(key)
         if shape("proj_out.weight")[0] != context_dim:
             raise SubjectError(f"adapter '{name}': image_proj.proj_out gives {shape('proj_out.weight')[0]} "
                                f"channels but the layers read {context_dim}")

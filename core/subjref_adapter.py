@@ -162,10 +162,13 @@ def config_from_file(meta: dict, shapes: dict, name: str) -> AdapterConfig:
         raise _fail(name, f"has preset {meta.get('preset')!r}; expected one of {PRESETS}")
     if meta.get("family") not in ("sd1", "sd2", "sdxl"):
         raise _fail(name, f"has family {meta.get('family')!r}; expected sd1, sd2 or sdxl")
-    blocks = sorted({(k[len("unet."): k.index(".fuser.")], shapes[k][1][0])
-                     for k in shapes if k.startswith("unet.") and k.endswith(".fuser.norm1.weight")})
-    towers = tuple((k.split(".")[1], shapes[k][1][0]) for k in sorted(shapes)
-                   if k.startswith("cls_mlp.") and k.endswith(".fc2.bias"))
+    try:
+        blocks = sorted({(k[len("unet."): k.index(".fuser.")], shapes[k][1][0])
+                         for k in shapes if k.startswith("unet.") and k.endswith(".fuser.norm1.weight")})
+        towers = tuple((k.split(".")[1], shapes[k][1][0]) for k in sorted(shapes)
+                       if k.startswith("cls_mlp.") and k.endswith(".fc2.bias"))
+    except IndexError:
+        raise _fail(name, "has a norm or bias tensor that is not 1-D") from None
     if not blocks:
         raise _fail(name, "has no 'unet.<block>.fuser.*' tensors")
     return AdapterConfig(family=meta["family"], preset=meta["preset"], blocks=tuple(blocks), towers=towers, **ints)
