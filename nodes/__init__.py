@@ -6,6 +6,7 @@ from .gate_sweep import PerfusionGateSweep
 from .load_concept import PerfusionLoadConcept
 from .subject_nodes import (SubjectReferenceApply, SubjectReferenceEncoder, SubjectReferenceLoader,
                             SubjectReferenceTextEncode)
+from .subject_train import SubjectReferenceTrain
 from .train_concept import PerfusionTrainConcept
 
 model_folder.register()
@@ -21,6 +22,7 @@ NODE_CLASS_MAPPINGS = {
     "SubjectReferenceEncoder": SubjectReferenceEncoder,
     "SubjectReferenceApply": SubjectReferenceApply,
     "SubjectReferenceTextEncode": SubjectReferenceTextEncode,
+    "SubjectReferenceTrain": SubjectReferenceTrain,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "PerfusionLoadConcept": "Load Rank-1 Concept",
@@ -31,4 +33,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SubjectReferenceEncoder": "Subject Reference Encoder",
     "SubjectReferenceApply": "Apply Subject Reference",
     "SubjectReferenceTextEncode": "Subject Reference Text Encode",
+    "SubjectReferenceTrain": "Train Subject Adapter",
 }

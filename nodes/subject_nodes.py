@@ -114,7 +114,9 @@ class SubjectReferenceEncoder:
                                       "tooltip": "Last step (fraction of sampling) where the subject acts."}),
         }, "optional": {
             "subject_mask": ("MASK", {"tooltip": "White on the subject in the photo: the background is replaced "
-                                                 "by white and the photo cropped to the subject (Subject-Diffusion)."}),
+                                                 "by white and the photo cropped to the subject (Subject-Diffusion). "
+                                                 "Paint it in Load Image's mask editor; for a cut-out PNG (transparent "
+                                                 "background) Load Image's MASK is the background: add Invert Mask."}),
             "region_mask": ("MASK", {"tooltip": "Where the subject goes in the generated image (overrides the box)."}),
             "subjects": ("SUBJECTS", {"tooltip": "Subjects encoded before, to place several subjects in one image."}),
         }}

@@ -64,3 +64,25 @@ def unet_output(model, context, x=None, sigma=1.0, seed=0, **extra):
     with torch.inference_mode():
         return model.model.apply_model(x, torch.full((x.shape[0],), sigma), c_crossattn=context,
                                        transformer_options=options["transformer_options"], **extra)
+
+
+def cancel_at_step(step, seen):
+    """Context manager: presses Cancel when a progress bar reaches ``step`` (records every value in
+    ``seen``); expects the interrupt to stop the work, and clears the flag afterwards."""
+    import contextlib
+    import comfy.utils
+
+    @contextlib.contextmanager
+    def manager():
+        def hook(value, total, preview, node_id=None):
+            seen.append(value)
+            if value == step:
+                comfy.model_management.interrupt_current_processing(True)
+        comfy.utils.set_progress_bar_global_hook(hook)
+        try:
+            with pytest.raises(comfy.model_management.InterruptProcessingException):
+                yield
+        finally:
+            comfy.utils.set_progress_bar_global_hook(None)
+            comfy.model_management.interrupt_current_processing(False)
+    return manager()

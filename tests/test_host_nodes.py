@@ -51,7 +51,8 @@ def context(clip, *texts):
 def test_nodes_are_registered_with_their_contract():
     assert set(pack.NODE_CLASS_MAPPINGS) == {"PerfusionLoadConcept", "PerfusionGateStrength", "PerfusionTrainConcept",
                                              "PerfusionGateSweep", "SubjectReferenceLoader", "SubjectReferenceEncoder",
-                                             "SubjectReferenceApply", "SubjectReferenceTextEncode"}
+                                             "SubjectReferenceApply", "SubjectReferenceTextEncode",
+                                             "SubjectReferenceTrain"}
     assert pack.NODE_DISPLAY_NAME_MAPPINGS["PerfusionLoadConcept"] == "Load Rank-1 Concept"
     assert pack.NODE_DISPLAY_NAME_MAPPINGS["PerfusionGateStrength"] == "Gate Strength"
     load_inputs = Load.INPUT_TYPES()["required"]
