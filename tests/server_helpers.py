@@ -95,7 +95,9 @@ def running_server(base):
                                              host.concept_for(pack, model, clip, trigger=trigger, seed=k, covariance=C))
     (base / "extra_model_paths.yaml").write_text(
         f"perfusion_test:\n    base_path: {base}\n    custom_nodes: custom_nodes\n    perfusion: models/perfusion\n"
-        "    checkpoints: models/checkpoints\n")
+        "    checkpoints: models/checkpoints\n    ipadapter: models/ipadapter\n    subject_ref: models/subject_ref\n")
+    for folder in ("ipadapter", "subject_ref"):
+        (base / "models" / folder).mkdir(parents=True, exist_ok=True)
     # header-only stand-ins for real checkpoints: the UI reads a checkpoint's family from its header
     checkpoints = base / "models" / "checkpoints"
     checkpoints.mkdir(parents=True)

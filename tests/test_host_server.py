@@ -7,6 +7,7 @@ import pytest
 
 import host  # skips this module without COMFYUI_PATH
 from server_helpers import running_server  # noqa: E402
+from subject_factory import ip_state_dict  # noqa: E402
 
 pack = host.load_pack()
 WORKFLOWS = os.path.join(host.ROOT, "workflows")
@@ -49,6 +50,8 @@ def tiny(workflow, concepts):
     for node in api.values():
         if node["class_type"] == "CheckpointLoaderSimple":
             node.update(class_type="PerfusionTest_TinyCheckpoint", inputs={"family": "sd1"})
+        elif node["class_type"] == "CLIPVisionLoader":
+            node.update(class_type="PerfusionTest_TinyClipVision", inputs={})
         elif node["class_type"] == "PerfusionLoadConcept":
             node["inputs"]["concept_name"] = next(names)
         elif node["class_type"] == "EmptyLatentImage":
@@ -120,3 +123,67 @@ def test_bad_concept_file_fails_with_the_message(server):
     assert result["status"]["status_str"] == "error"
     messages = json.dumps(result["status"]["messages"])
     assert "broken.safetensors" in messages and "pickle" in messages
+
+
+SUBJECT_WORKFLOW = "subject-two-subjects-perfusion.json"
+IP_PLUS = "ip-adapter-plus_sd15.safetensors"
+
+
+def subject_photo(path, seed, size=(56, 48)):
+    """A small photo as ComfyUI's Mask Editor saves it after the subject was painted: alpha 0 on the
+    subject (an ellipse), 255 elsewhere, so LoadImage's MASK (1 - alpha) is white on the subject."""
+    import numpy as np
+    from PIL import Image
+    width, height = size
+    rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    ys, xs = np.mgrid[0:height, 0:width]
+    subject = ((xs - width * 0.55) / (width * 0.3)) ** 2 + ((ys - height * 0.5) / (height * 0.35)) ** 2 <= 1
+    alpha = np.where(subject, 0, 255).astype(np.uint8)
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(path)
+
+
+@pytest.fixture(scope="module")
+def subject_files(server):
+    """The IP-Adapter-Plus file for the tiny SD1.5 model (the same widths as PerfusionTest_TinyCheckpoint's),
+    written in fp16 under the name the workflow uses, and the workflow's two subject photos."""
+    from safetensors.torch import save_file
+    folder = server.base / "models" / "ipadapter"          # registered by the test pack
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = ip_state_dict(pack, host.tiny_model("sd1"), "plus", seed=3)
+    save_file({k: v.half().contiguous() for k, v in tensors.items()}, str(folder / IP_PLUS))
+    workflow = json.load(open(os.path.join(WORKFLOWS, SUBJECT_WORKFLOW)))
+    photos = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "LoadImage"]
+    for k, name in enumerate(photos):
+        subject_photo(server.base / "input" / name, seed=k)
+    return workflow
+
+
+def test_subject_workflow_runs(server, subject_files):
+    if not host_object_info:
+        host_object_info.append(server.get("/object_info"))
+    info = server.get("/object_info")
+    assert info["SubjectReferenceEncoder"]["display_name"] == "Subject Reference Encoder"
+    assert "ipadapter/" + IP_PLUS in info["SubjectReferenceLoader"]["input"]["required"]["adapter_name"][0]
+    assert SUBJECT_WORKFLOW[:-5] in server.get("/workflow_templates")["ComfyUI-Perfusion"]
+    api = tiny(subject_files, ["test_sks.safetensors"])
+    kinds = sorted(n["class_type"] for n in api.values())
+    assert "CLIPVisionLoader" not in kinds and kinds.count("LoadImage") == 2
+    assert kinds.count("SubjectReferenceEncoder") == 2 and "PerfusionLoadConcept" in kinds
+    encoders = [n for n in api.values() if n["class_type"] == "SubjectReferenceEncoder"]
+    assert all(isinstance(n["inputs"]["subject_mask"], list) for n in encoders)          # LoadImage's MASK
+    assert sum(isinstance(n["inputs"].get("subjects"), list) for n in encoders) == 1     # chained
+
+    def run(api):
+        result = server.run(api)
+        assert result["status"]["status_str"] == "success", result["status"]
+        images = [img for out in result["outputs"].values() for img in out.get("images", [])]
+        assert len(images) == 1 and images[0]["filename"].endswith(".png")
+        path = server.base / "output" / images[0]["subfolder"] / images[0]["filename"]
+        assert path.is_file()
+        from PIL import Image
+        return Image.open(path).tobytes()
+
+    with_subjects = run(api)
+    for node in encoders:
+        node["inputs"]["weight"] = 0.0                    # the same graph with both subjects switched off
+    assert run(api) != with_subjects

@@ -1,7 +1,7 @@
-"""Test-only ComfyUI node pack: a checkpoint loader that builds tiny random models in process.
+"""Test-only ComfyUI node pack: loaders that build tiny random models in process.
 
-The server test loads it next to the Perfusion pack and puts it in place of CheckpointLoaderSimple,
-so the example workflows run end to end without real weights.
+The server test loads it next to the Perfusion pack and puts it in place of CheckpointLoaderSimple and
+CLIPVisionLoader, so the example workflows run end to end without real weights.
 """
 
 import os
@@ -31,4 +31,21 @@ class PerfusionTestTinyCheckpoint:
         return _CACHE[family]
 
 
-NODE_CLASS_MAPPINGS = {"PerfusionTest_TinyCheckpoint": PerfusionTestTinyCheckpoint}
+class PerfusionTestTinyClipVision:
+    """tiny_models.tiny_clip_vision(): the widths subject_factory's adapters are made for."""
+    CATEGORY = "perfusion/testing"
+    FUNCTION = "load"
+    RETURN_TYPES = ("CLIP_VISION",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        if "clip_vision" not in _CACHE:
+            _CACHE["clip_vision"] = tiny_models.tiny_clip_vision()
+        return (_CACHE["clip_vision"],)
+
+
+NODE_CLASS_MAPPINGS = {"PerfusionTest_TinyCheckpoint": PerfusionTestTinyCheckpoint,
+                       "PerfusionTest_TinyClipVision": PerfusionTestTinyClipVision}
