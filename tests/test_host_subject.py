@@ -53,6 +53,8 @@ def folders(tmp_path_factory, sd1, sdxl):
     torch.save({"image_proj": {k[11:]: v for k, v in sd.items() if k.startswith("image_proj.")},
                 "ip_adapter": {k[11:]: v for k, v in sd.items() if k.startswith("ip_adapter.")}},
                str(ip_dir / "ip-base_sd15.bin"))
+    import datetime
+    torch.save({"image_proj": {"when": datetime.date(2020, 1, 1)}, "ip_adapter": {}}, str(ip_dir / "unsafe.bin"))
     (ip_dir / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     save_file({"weight": torch.zeros(3)}, str(ip_dir / "unrelated.safetensors"))
     return ip_dir, ref_dir
@@ -111,6 +113,7 @@ def test_loader_detects_subjref(folders, preset):
     ("ipadapter/broken.safetensors", "broken.safetensors"),
     ("ipadapter/unrelated.safetensors", "neither an IP-Adapter file"),
     ("ipadapter/missing.safetensors", "not found"),
+    ("ipadapter/unsafe.bin", "unsafe.bin' could not be read"),     # a pickle with a foreign object: never unpickled
 ])
 def test_loader_refuses_what_it_does_not_know(folders, name, message):
     with pytest.raises(SubjectError, match=message):
