@@ -21,7 +21,6 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import SubjectError
@@ -131,11 +130,11 @@ def detect(image_proj: dict, ip: dict, name: str) -> IPAdapterSpec:
 class ImageProjection(nn.Module):
     """base: [B, E] -> Linear -> [B, T, D] -> LayerNorm."""
 
-    def __init__(self, feature_dim, context_dim, tokens):
+    def __init__(self, feature_dim, context_dim, tokens, ops=nn):
         super().__init__()
         self.tokens, self.context_dim = tokens, context_dim
-        self.proj = nn.Linear(feature_dim, tokens * context_dim)
-        self.norm = nn.LayerNorm(context_dim)
+        self.proj = ops.Linear(feature_dim, tokens * context_dim)
+        self.norm = ops.LayerNorm(context_dim)
 
     def forward(self, embeds):
         return self.norm(self.proj(embeds).reshape(-1, self.tokens, self.context_dim))
@@ -144,24 +143,24 @@ class ImageProjection(nn.Module):
 class FullProjection(nn.Module):
     """full: every CLIP-vision token [B, 257, E] -> MLP -> [B, 257, D]."""
 
-    def __init__(self, feature_dim, context_dim):
+    def __init__(self, feature_dim, context_dim, ops=nn):
         super().__init__()
-        self.proj = nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.GELU(),
-                                  nn.Linear(feature_dim, context_dim), nn.LayerNorm(context_dim))
+        self.proj = nn.Sequential(ops.Linear(feature_dim, feature_dim), nn.GELU(),
+                                  ops.Linear(feature_dim, context_dim), ops.LayerNorm(context_dim))
 
     def forward(self, hidden):
         return self.proj(hidden)
 
 
 class _PerceiverAttention(nn.Module):
-    def __init__(self, dim, heads, dim_head):
+    def __init__(self, dim, heads, dim_head, ops=nn):
         super().__init__()
         self.heads, self.dim_head = heads, dim_head
         inner = heads * dim_head
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.norm1, self.norm2 = ops.LayerNorm(dim), ops.LayerNorm(dim)
+        self.to_q = ops.Linear(dim, inner, bias=False)
+        self.to_kv = ops.Linear(dim, 2 * inner, bias=False)
+        self.to_out = ops.Linear(inner, dim, bias=False)
 
     def forward(self, x, latents):
         """Latents attend to [image tokens, latents] (Flamingo's Perceiver resampler)."""
@@ -178,7 +177,7 @@ class _PerceiverAttention(nn.Module):
 class Resampler(nn.Module):
     """plus: learned latents [1, T, W] read the CLIP-vision tokens -> [B, T, D]."""
 
-    def __init__(self, image_proj: dict):
+    def __init__(self, image_proj: dict, ops=nn):
         super().__init__()
         _, tokens, dim = image_proj["latents"].shape
         feature_dim = image_proj["proj_in.weight"].shape[1]
@@ -188,17 +187,17 @@ class Resampler(nn.Module):
         ff = image_proj["layers.0.1.1.weight"].shape[0]
         dim_head = 64
         self.latents = nn.Parameter(torch.zeros(1, tokens, dim))
-        self.proj_in = nn.Linear(feature_dim, dim)
-        self.proj_out = nn.Linear(dim, context_dim)
-        self.norm_out = nn.LayerNorm(context_dim)
+        self.proj_in = ops.Linear(feature_dim, dim)
+        self.proj_out = ops.Linear(dim, context_dim)
+        self.norm_out = ops.LayerNorm(context_dim)
         self.layers = nn.ModuleList(
-            nn.ModuleList([_PerceiverAttention(dim, inner // dim_head, dim_head),
-                           nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, ff, bias=False), nn.GELU(),
-                                         nn.Linear(ff, dim, bias=False))])
+            nn.ModuleList([_PerceiverAttention(dim, inner // dim_head, dim_head, ops),
+                           nn.Sequential(ops.LayerNorm(dim), ops.Linear(dim, ff, bias=False), nn.GELU(),
+                                         ops.Linear(ff, dim, bias=False))])
             for _ in range(depth))
 
     def forward(self, hidden):
-        latents = self.latents.expand(hidden.shape[0], -1, -1)
+        latents = self.latents.to(hidden).expand(hidden.shape[0], -1, -1)
         x = self.proj_in(hidden)
         for attention, feed_forward in self.layers:
             latents = attention(x, latents) + latents
@@ -207,34 +206,36 @@ class Resampler(nn.Module):
 
 
 class _LayerKV(nn.Module):
-    def __init__(self, context_dim, hidden):
+    def __init__(self, context_dim, hidden, ops=nn):
         super().__init__()
-        self.to_k_ip = nn.Linear(context_dim, hidden, bias=False)
-        self.to_v_ip = nn.Linear(context_dim, hidden, bias=False)
+        self.to_k_ip = ops.Linear(context_dim, hidden, bias=False)
+        self.to_v_ip = ops.Linear(context_dim, hidden, bias=False)
 
 
 class IPAdapter(nn.Module):
     """The whole file as a module: ``image_proj`` and ``ip_adapter.{2n+1}.to_{k,v}_ip``."""
 
-    def __init__(self, spec: IPAdapterSpec, image_proj: dict):
+    def __init__(self, spec: IPAdapterSpec, image_proj: dict, ops=nn):
+        """``ops``: the layer classes (torch.nn, or ComfyUI's comfy.ops.manual_cast, whose layers
+        cast their weights to the input's device and dtype, so a partly loaded adapter still runs)."""
         super().__init__()
         self.spec = spec
         if spec.variant == "plus":
-            self.image_proj = Resampler(image_proj)
+            self.image_proj = Resampler(image_proj, ops)
         elif spec.variant == "full":
-            self.image_proj = FullProjection(spec.feature_dim, spec.context_dim)
+            self.image_proj = FullProjection(spec.feature_dim, spec.context_dim, ops)
         else:
-            self.image_proj = ImageProjection(spec.feature_dim, spec.context_dim, spec.tokens)
-        self.ip_adapter = nn.ModuleDict({str(n): _LayerKV(spec.context_dim, spec.hidden[n]) for n in sorted(spec.hidden)})
+            self.image_proj = ImageProjection(spec.feature_dim, spec.context_dim, spec.tokens, ops)
+        self.ip_adapter = nn.ModuleDict({str(n): _LayerKV(spec.context_dim, spec.hidden[n], ops) for n in sorted(spec.hidden)})
 
     @classmethod
-    def from_state_dict(cls, sd: dict, name: str) -> "IPAdapter":
+    def from_state_dict(cls, sd: dict, name: str, ops=nn, dtype=torch.float32) -> "IPAdapter":
         parts = split_state_dict(sd)
         if parts is None:
             raise SubjectError(f"adapter '{name}' has neither 'image_proj.*' nor 'ip_adapter.*' keys")
         image_proj, ip = parts
         spec = detect(image_proj, ip, name)
-        module = cls(spec, image_proj)
+        module = cls(spec, image_proj, ops)
         flat = {f"image_proj.{k}": v for k, v in image_proj.items()}
         flat.update({f"ip_adapter.{k}": v for k, v in ip.items()})
         own = module.state_dict()
@@ -244,16 +245,14 @@ class IPAdapter(nn.Module):
             what = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
                     else f"{wrong[0]} has shape {list(flat[wrong[0]].shape)}, expected {list(own[wrong[0]].shape)}")
             raise SubjectError(f"adapter '{name}' ({spec.describe()}) does not have the layout of its kind: {what}")
-        module.load_state_dict({k: v.float() for k, v in flat.items()})
+        module.load_state_dict({k: v.to(dtype) for k, v in flat.items()}, assign=True)
         return module.eval().requires_grad_(False)
 
     def tokens(self, feature: torch.Tensor) -> torch.Tensor:
-        """Image tokens [B, T, D] from the spec's CLIP-vision feature."""
-        weight = next(self.image_proj.parameters())
-        return self.image_proj(feature.to(weight.device, weight.dtype))
+        """Image tokens [B, T, D] from the spec's CLIP-vision feature (computed where ``feature`` is)."""
+        return self.image_proj(feature)
 
     def keys_values(self, tokens: torch.Tensor, number: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V [B, T, hidden_n] of layer ``number`` for image tokens [B, T, D]."""
         layer = self.ip_adapter[str(number)]
-        tokens = tokens.to(layer.to_k_ip.weight.device, layer.to_k_ip.weight.dtype)
-        return F.linear(tokens, layer.to_k_ip.weight), F.linear(tokens, layer.to_v_ip.weight)
+        return layer.to_k_ip(tokens), layer.to_v_ip(tokens)

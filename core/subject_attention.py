@@ -27,19 +27,24 @@ from torch import nn
 
 
 def regional_image_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, regions: torch.Tensor,
-                             heads: int) -> torch.Tensor:
+                             heads: int, precision: torch.dtype | None = None) -> torch.Tensor:
     """q [B, L, h*d]; keys, values [B, S, T, h*d]; regions [B, L, S] (weight x region) -> [B, L, h*d].
 
-    One batched product over all subjects; the softmax is taken per subject (over its T tokens)."""
+    One batched product over all subjects; the softmax is taken per subject (over its T tokens).
+    q is scaled before the product (fp16 scores stay in range); ``precision`` (e.g. float32, as
+    ComfyUI's attn_precision) computes the scores in that dtype."""
+    dtype = q.dtype
+    if precision is not None and precision != dtype:
+        q, keys = q.to(precision), keys.to(precision)
     b, length, channels = q.shape
     subjects, tokens = keys.shape[1:3]
     d = channels // heads
-    qh = q.reshape(b, length, heads, d).transpose(1, 2)                                        # [B, h, L, d]
+    qh = q.reshape(b, length, heads, d).transpose(1, 2) * (1 / math.sqrt(d))                   # [B, h, L, d]
     kh = keys.reshape(b, subjects * tokens, heads, d).permute(0, 2, 3, 1)                      # [B, h, d, S*T]
     vh = values.reshape(b, subjects * tokens, heads, d).transpose(1, 2)                        # [B, h, S*T, d]
-    scores = (qh @ kh).mul_(1 / math.sqrt(d)).reshape(b, heads, length, subjects, tokens)
-    probs = scores.float().softmax(dim=-1).to(q.dtype)
-    probs = probs * regions.to(q.dtype)[:, None, :, :, None]                                    # R_s per query row
+    scores = (qh @ kh).reshape(b, heads, length, subjects, tokens)
+    probs = scores.float().softmax(dim=-1).to(dtype)
+    probs = probs * regions.to(dtype)[:, None, :, :, None]                                      # R_s per query row
     out = probs.reshape(b, heads, length, subjects * tokens) @ vh                             # [B, h, L, d]
     return out.transpose(1, 2).reshape(b, length, channels)
 
@@ -60,10 +65,10 @@ def reference_regional_attention(q, keys, values, regions, heads):
 class _GEGLUFeedForward(nn.Module):
     """GLIGEN's FeedForward(q, glu=True): net.0.proj [8q, q] (GEGLU), net.2 [q, 4q]."""
 
-    def __init__(self, dim):
+    def __init__(self, dim, ops=nn):
         super().__init__()
-        self.net = nn.ModuleList([nn.Module(), nn.Identity(), nn.Linear(4 * dim, dim)])
-        self.net[0].proj = nn.Linear(dim, 8 * dim)
+        self.net = nn.ModuleList([nn.Module(), nn.Identity(), ops.Linear(4 * dim, dim)])
+        self.net[0].proj = ops.Linear(dim, 8 * dim)
 
     def forward(self, x):
         value, gate = self.net[0].proj(x).chunk(2, dim=-1)
@@ -71,28 +76,28 @@ class _GEGLUFeedForward(nn.Module):
 
 
 class _Attention(nn.Module):
-    def __init__(self, dim):
+    def __init__(self, dim, ops=nn):
         super().__init__()
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_k = nn.Linear(dim, dim, bias=False)
-        self.to_v = nn.Linear(dim, dim, bias=False)
-        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        self.to_q = ops.Linear(dim, dim, bias=False)
+        self.to_k = ops.Linear(dim, dim, bias=False)
+        self.to_v = ops.Linear(dim, dim, bias=False)
+        self.to_out = nn.ModuleList([ops.Linear(dim, dim)])
 
 
 class GatedSelfAttention(nn.Module):
     """GLIGEN's GatedSelfAttentionDense with the same parameter names (``linear``, ``attn.to_q``, ...,
     ``ff.net.0.proj``, ``norm1``, ``alpha_attn``...). ``feed_forward=False`` is the "lite" preset."""
 
-    def __init__(self, dim: int, token_dim: int, heads: int, feed_forward: bool = True):
+    def __init__(self, dim: int, token_dim: int, heads: int, feed_forward: bool = True, ops=nn):
         super().__init__()
         self.heads = heads
-        self.linear = nn.Linear(token_dim, dim)
-        self.attn = _Attention(dim)
-        self.norm1 = nn.LayerNorm(dim)
+        self.linear = ops.Linear(token_dim, dim)
+        self.attn = _Attention(dim, ops)
+        self.norm1 = ops.LayerNorm(dim)
         self.alpha_attn = nn.Parameter(torch.zeros(()))
         if feed_forward:
-            self.ff = _GEGLUFeedForward(dim)
-            self.norm2 = nn.LayerNorm(dim)
+            self.ff = _GEGLUFeedForward(dim, ops)
+            self.norm2 = ops.LayerNorm(dim)
             self.alpha_dense = nn.Parameter(torch.zeros(()))
 
     @property
@@ -104,21 +109,37 @@ class GatedSelfAttention(nn.Module):
         """x [B, N, dim]; objs [B, M, token_dim]; visible [B or 1, N, M] bool (query sees that
         grounding token) or None (all); region [B or 1, N, 1] or None -> x updated [B, N, dim].
 
-        Only the N visual rows are computed: GLIGEN drops the grounding rows' outputs anyway."""
+        Only visual query rows are computed (GLIGEN drops the grounding rows' outputs anyway), and with
+        one region for the whole batch only the rows inside it (the update is 0 outside): the cost
+        scales with the subjects' area."""
         b, n, dim = x.shape
+        rows = None
+        if region is not None and region.shape[0] == 1:
+            inside = torch.nonzero(region[0, :, 0]).flatten()
+            if inside.numel() == 0:
+                return x
+            if inside.numel() < n:
+                rows = inside
         h = self.norm1(torch.cat([x, self.linear(objs)], dim=1))
         d = dim // self.heads
         split = lambda z: z.reshape(b, z.shape[1], self.heads, d).transpose(1, 2)  # noqa: E731
-        q, k, v = split(self.attn.to_q(h[:, :n])), split(self.attn.to_k(h)), split(self.attn.to_v(h))
+        queries = h[:, :n] if rows is None else h[:, rows]
+        q, k, v = split(self.attn.to_q(queries)), split(self.attn.to_k(h)), split(self.attn.to_v(h))
         mask = None
         if visible is not None:
-            sees_visual = torch.ones(visible.shape[0], n, n, dtype=torch.bool, device=x.device)
-            mask = torch.cat([sees_visual, visible.to(x.device)], dim=2)[:, None]
+            visible = visible.to(x.device) if rows is None else visible.to(x.device)[:, rows]
+            sees_visual = torch.ones(visible.shape[0], visible.shape[1], n, dtype=torch.bool, device=x.device)
+            mask = torch.cat([sees_visual, visible], dim=2)[:, None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = self.attn.to_out[0](out.transpose(1, 2).reshape(b, n, dim))
+        out = self.attn.to_out[0](out.transpose(1, 2).reshape(b, queries.shape[1], dim))
         gate = torch.tanh(self.alpha_attn).to(x.dtype)
-        x = x + gate * (out if region is None else out * region)
+        if rows is None:
+            x = x + gate * (out if region is None else out * region)
+        else:
+            x = x.index_add(1, rows, gate * out * region[:, rows])
         if self.feed_forward:
-            ff = self.ff(self.norm2(x))
-            x = x + torch.tanh(self.alpha_dense).to(x.dtype) * (ff if region is None else ff * region)
+            xs = x if rows is None else x[:, rows]
+            ff = self.ff(self.norm2(xs))
+            update = torch.tanh(self.alpha_dense).to(x.dtype) * (ff if region is None else ff * (region if rows is None else region[:, rows]))
+            x = x + update if rows is None else x.index_add(1, rows, update)
         return x

@@ -45,11 +45,11 @@ def fourier_embedding(xyxy: torch.Tensor, freqs: int = FOURIER_FREQS) -> torch.T
 
 
 class _MLP(nn.Module):
-    def __init__(self, inputs, hidden, outputs):
+    def __init__(self, inputs, hidden, outputs, ops=nn):
         super().__init__()
-        self.layernorm = nn.LayerNorm(inputs)
-        self.fc1 = nn.Linear(inputs, hidden)
-        self.fc2 = nn.Linear(hidden, outputs)
+        self.layernorm = ops.LayerNorm(inputs)
+        self.fc1 = ops.Linear(inputs, hidden)
+        self.fc2 = ops.Linear(hidden, outputs)
 
     def forward(self, x):
         return self.fc2(nn.functional.gelu(self.fc1(self.layernorm(x))))
@@ -77,16 +77,18 @@ class AdapterConfig:
 
 
 class SubjectAdapter(nn.Module):
-    def __init__(self, config: AdapterConfig):
+    def __init__(self, config: AdapterConfig, ops=nn):
+        """``ops``: the layer classes (torch.nn for training; ComfyUI's comfy.ops.manual_cast when
+        loaded for sampling, so a partly loaded adapter casts its weights to the input's device)."""
         super().__init__()
         self.config = config
         c = config
         self.grounding = nn.Module()
-        self.grounding.linears_image = _MLP(c.vision_width + 8 * FOURIER_FREQS, c.hidden_dim, c.token_dim)
-        self.cls_mlp = nn.ModuleDict({key: _MLP(c.vision_embed_dim, c.hidden_dim, width) for key, width in c.towers})
-        self.fusers = nn.ModuleDict({_name(path): GatedSelfAttention(width, c.token_dim, c.heads, c.preset == "full")
+        self.grounding.linears_image = _MLP(c.vision_width + 8 * FOURIER_FREQS, c.hidden_dim, c.token_dim, ops)
+        self.cls_mlp = nn.ModuleDict({key: _MLP(c.vision_embed_dim, c.hidden_dim, width, ops) for key, width in c.towers})
+        self.fusers = nn.ModuleDict({_name(path): GatedSelfAttention(width, c.token_dim, c.heads, c.preset == "full", ops)
                                      for path, width in c.blocks})
-        self.mask_in = nn.Conv2d(1, c.model_channels, 3, padding=1, bias=False)
+        self.mask_in = ops.Conv2d(1, c.model_channels, 3, padding=1, bias=False)
         self.fuser_by_path = {path: self.fusers[_name(path)] for path, _ in c.blocks}
 
     def initialise_(self, seed: int = 0) -> "SubjectAdapter":
@@ -174,12 +176,12 @@ def config_from_file(meta: dict, shapes: dict, name: str) -> AdapterConfig:
     return AdapterConfig(family=meta["family"], preset=meta["preset"], blocks=tuple(blocks), towers=towers, **ints)
 
 
-def read_adapter(path: str, name: str | None = None) -> SubjectAdapter:
+def read_adapter(path: str, name: str | None = None, ops=nn, dtype=torch.float32) -> SubjectAdapter:
     """Read and validate a subjref.v1 file (every key and shape against its own metadata)."""
     name = name or os.path.basename(path)
     meta, shapes = read_header(path, name)
     config = config_from_file(meta, shapes, name)
-    adapter = SubjectAdapter(config)
+    adapter = SubjectAdapter(config, ops)
     expected = {k: tuple(v.shape) for k, v in adapter.file_tensors().items()}
     missing = [k for k in expected if k not in shapes]
     extra = [k for k in shapes if k not in expected]
@@ -195,12 +197,13 @@ def read_adapter(path: str, name: str | None = None) -> SubjectAdapter:
     try:
         with safe_open(path, framework="pt") as f:
             for key in expected:
-                tensors[key] = f.get_tensor(key).float()
+                tensors[key] = f.get_tensor(key)
     except Exception as e:      # noqa: BLE001 - truncated or damaged data
         raise _fail(name, f"is damaged ({type(e).__name__}: {e})") from None
     for key, t in tensors.items():
         if not torch.isfinite(t).all():
             raise _fail(name, f"tensor {key} contains NaN or Inf values")
+        tensors[key] = t.to(dtype)
     state = {}
     for key, value in tensors.items():
         if key.startswith("unet.mask_in."):
@@ -210,7 +213,7 @@ def read_adapter(path: str, name: str | None = None) -> SubjectAdapter:
             state[f"fusers.{_name(path_)}.{rest}"] = value
         else:
             state[key] = value
-    adapter.load_state_dict(state)
+    adapter.load_state_dict(state, assign=True)
     return adapter.eval().requires_grad_(False)
 
 

@@ -16,6 +16,7 @@ import torch
 
 import comfy.model_management
 import comfy.model_patcher
+import comfy.ops
 import comfy.utils
 
 from ..core import subjref_adapter
@@ -85,6 +86,12 @@ def _is_safetensors(path: str) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
+def _load_options() -> dict:
+    """Layers that cast their weights to the input's device and dtype (a partly loaded adapter still
+    runs), stored in the dtype ComfyUI would store the UNet in on this device."""
+    return {"ops": comfy.ops.manual_cast, "dtype": comfy.model_management.unet_dtype()}
+
+
 def load_adapter(path: str, name: str) -> LoadedAdapter:
     """Detect the backend from the file itself; refuse anything else, naming the file."""
     try:
@@ -94,7 +101,7 @@ def load_adapter(path: str, name: str) -> LoadedAdapter:
     if safetensors:
         meta, _ = subjref_adapter.read_header(path, name)
         if meta.get("format") == subjref_adapter.FORMAT:
-            return LoadedAdapter(BACKEND_SUBJREF, subjref_adapter.read_adapter(path, name), name)
+            return LoadedAdapter(BACKEND_SUBJREF, subjref_adapter.read_adapter(path, name, **_load_options()), name)
     elif not path.lower().endswith(".bin"):
         raise SubjectError(f"adapter '{name}' is not a safetensors file")
     try:
@@ -105,18 +112,26 @@ def load_adapter(path: str, name: str) -> LoadedAdapter:
     if split_state_dict(sd) is None:
         raise SubjectError(f"adapter '{name}' is neither an IP-Adapter file (image_proj.* / ip_adapter.* keys) "
                            f"nor a subject adapter (metadata format '{subjref_adapter.FORMAT}'); it cannot be used here")
-    return LoadedAdapter(BACKEND_IP, IPAdapter.from_state_dict(sd, name), name)
+    return LoadedAdapter(BACKEND_IP, IPAdapter.from_state_dict(sd, name, **_load_options()), name)
 
 
 def _cross_attention_keys(model) -> dict:
-    """{(block, id, index): attn2 path} of this UNet."""
-    return {layer_key(path): path for path in cross_attention_layers(model)}
+    """{(block, id, index): attn2 path} of this UNet; refuses models that are not SD-style UNets."""
+    layers = cross_attention_layers(model)
+    try:
+        keys = {layer_key(path): path for path in layers}
+    except ValueError:
+        keys = {}
+    if not keys or len(keys) != len(layers):
+        raise SubjectError("model: subject references work on SD1.x, SD2.x and SDXL UNets; this model's "
+                           "cross-attention layers are laid out differently")
+    return keys
 
 
 def check_fits(adapter: LoadedAdapter, model) -> dict:
     """Refuse an adapter made for another model; returns {layer key: attn2 path}."""
-    family, context_dim = model_family(model)
     keys = _cross_attention_keys(model)
+    family, context_dim = model_family(model)
     layers = cross_attention_layers(model)
     if adapter.backend == BACKEND_IP:
         spec = adapter.module.spec

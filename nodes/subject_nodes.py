@@ -62,9 +62,11 @@ def _ip_tokens(adapter, clip_vision, crop, out):
     if spec.feature == FEATURE_EMBEDS:
         plain = torch.zeros_like(feature)                                  # IP-Adapter's own uncond
     else:
-        plain = _encode_vision(clip_vision, torch.zeros_like(crop))[spec.feature]   # a black image
+        # IP-Adapter-Plus's uncond: CLIP-vision of all-zero *normalised* pixels, i.e. the mean colour.
+        mean = torch.tensor(clip_vision.image_mean, dtype=torch.float32)
+        plain = _encode_vision(clip_vision, mean.expand(1, *crop.shape[1:3], 3).clone())[spec.feature]
     module = adapter.module
-    return module.tokens(feature)[0].float().cpu(), module.tokens(plain)[0].float().cpu()
+    return module.tokens(feature.float().cpu())[0].float(), module.tokens(plain.float().cpu())[0].float()
 
 
 def _subjref_tokens(adapter, clip_vision, out, box):
@@ -78,10 +80,8 @@ def _subjref_tokens(adapter, clip_vision, out, box):
     norm = clip_vision.model.vision_model.post_layernorm           # Subject-Diffusion reads ln_post(patches)
     patches = F.layer_norm(hidden[:, 1:].float().cpu(), norm.normalized_shape, norm.weight.float().cpu(),
                            None if norm.bias is None else norm.bias.float().cpu(), norm.eps)
-    module = adapter.module
-    weight = next(module.parameters())
-    tokens = module.grounding_tokens(patches.to(weight.device, weight.dtype), box.xyxy()[None])
-    return tokens[0].float().cpu(), embeds[0].float().cpu()
+    tokens = adapter.module.grounding_tokens(patches, box.xyxy()[None])
+    return tokens[0].float(), embeds[0].float().cpu()
 
 
 class SubjectReferenceEncoder:
@@ -132,6 +132,8 @@ class SubjectReferenceEncoder:
         if image.ndim != 4 or image.shape[-1] < 3:
             raise SubjectError(f"image: expected an IMAGE [batch, height, width, 3], got {list(image.shape)}")
         validate_timing(weight, start_percent, end_percent)
+        if adapter.backend != BACKEND_IP and weight < 0:
+            raise SubjectError(f"weight {weight}: a subject adapter ({adapter.describe()}) takes weights from 0 up")
         subject_mask, region = as_mask(subject_mask, "subject_mask"), as_mask(region_mask, "region_mask")
         box = resolve_box(x, y, width, height, subject_mask, region)
         if region is not None and not bool((region > 0).any()):
@@ -212,10 +214,8 @@ class SubjectReferenceTextEncode:
             raise SubjectError(f"subjects: at most {len(MARKERS)} placeholders per prompt")
         swaps = {}
         module = adapter.module
-        weight = next(module.parameters())
         with torch.inference_mode():
-            embeddings = [module.placeholder_embedding(s.image_embeds[None].to(weight.device, weight.dtype))
-                          for s in subjects]
+            embeddings = [module.placeholder_embedding(s.image_embeds[None]) for s in subjects]
         for tower in ("clip_l", "clip_g", "clip_h"):
             if getattr(clip.tokenizer, tower, None) is None:
                 continue

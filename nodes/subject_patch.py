@@ -32,26 +32,36 @@ from .subject_adapter import BACKEND_IP, check_fits
 
 ADDITIONAL_MODELS_KEY = "subject_reference"
 WRAPPER_KEY = "subject_reference"
+# Set once per sampling in transformer_options by _outer_sample_wrapper:
+SAMPLING_KEY = "subject_reference_sampling"          # the sampled model's model_sampling (σ windows)
+OUTER_REPLACES_KEY = "subject_reference_attn2"       # 2-tuple attn2 replaces that our 3-tuple keys shadow
 
 
 class SubjectState:
     """What every patch of one Apply node shares: the adapter, the subjects, their σ windows, caches."""
 
-    def __init__(self, adapter, subjects, sigma_windows):
-        self.adapter, self.subjects, self.sigma_windows = adapter, tuple(subjects), tuple(sigma_windows)
+    def __init__(self, adapter, subjects):
+        self.adapter, self.subjects = adapter, tuple(subjects)
         self.weights = torch.tensor([s.weight for s in self.subjects], dtype=torch.float32)
         self._cache = {}
         self._active = (None, None)
 
+    def windows(self, sampling) -> list:
+        """(σ high, σ low) per subject from its start / end percent, for this model_sampling (a model
+        sampling node after Apply changes the σ scale, so this is read at sampling time)."""
+        return self.cached(("windows", id(sampling)), lambda: (sampling, [
+            (float(sampling.percent_to_sigma(s.start_percent)), float(sampling.percent_to_sigma(s.end_percent)))
+            for s in self.subjects]))[1]
+
     def active(self, extra_options) -> list:
         """Indices of the subjects whose [start, end] window holds this step's σ (once per forward)."""
-        sigmas = extra_options.get("sigmas")
-        if sigmas is None:
+        sigmas, sampling = extra_options.get("sigmas"), extra_options.get(SAMPLING_KEY)
+        if sigmas is None or sampling is None:
             return [i for i, s in enumerate(self.subjects) if s.weight != 0]
         last, indices = self._active
         if last is not sigmas:
             sigma = float(sigmas.flatten()[0])
-            indices = [i for i, (s, (high, low)) in enumerate(zip(self.subjects, self.sigma_windows))
+            indices = [i for i, (s, (high, low)) in enumerate(zip(self.subjects, self.windows(sampling)))
                        if s.weight != 0 and low <= sigma <= high]
             self._active = (sigmas, indices)
         return indices
@@ -92,10 +102,15 @@ def _grid_shape(extra_options, length):
 
 
 class IPAttention:
-    """attn2 replace patch for one layer key."""
+    """attn2 replace patch for one layer key ``(block, id, index)``.
 
-    def __init__(self, state: SubjectState, number: int, previous=None):
-        self.state, self.number, self.previous = state, number, previous
+    ``previous``: another pack's patch that was on this 3-tuple key (we took its place: it is called
+    instead of the plain text attention). Patches on the 2-tuple key ``(block, id)`` (SD1.5 IPAdapter
+    packs) are shadowed by ours whenever they were added: the live one is looked up per sampling."""
+
+    def __init__(self, state: SubjectState, number: int, key: tuple, previous=None, shadowed=None):
+        self.state, self.number, self.key, self.previous = state, number, key, previous
+        self.shadowed = shadowed                   # the 2-tuple key's patch when Apply ran
         self.callback, self.kwargs = [], []        # the Attn2Replace protocol of other packs
 
     def add(self, callback, **kwargs):
@@ -106,21 +121,18 @@ class IPAttention:
         clone = copy.copy(self)
         clone.callback, clone.kwargs = list(self.callback), [dict(k) for k in self.kwargs]
         clone.previous = copy.deepcopy(self.previous, memo)
+        clone.shadowed = copy.deepcopy(self.shadowed, memo)
         return clone
 
     def _keys_values(self, device, dtype):
         """[2, S, T, hidden]: K and V for (subject, plain) of every subject, computed once."""
         def make():
             adapter = self.state.adapter.module
-            k_s, v_s, k_p, v_p = [], [], [], []
             with torch.inference_mode():
-                for s in self.state.subjects:
-                    k, v = adapter.keys_values(s.tokens[None], self.number)
-                    kp, vp = adapter.keys_values(s.plain_tokens[None], self.number)
-                    k_s.append(k[0]), v_s.append(v[0]), k_p.append(kp[0]), v_p.append(vp[0])
-            keys = torch.stack([torch.stack(k_s), torch.stack(k_p)]).to(device, dtype)
-            values = torch.stack([torch.stack(v_s), torch.stack(v_p)]).to(device, dtype)
-            return keys, values
+                tokens = torch.stack([torch.stack([s.tokens, s.plain_tokens]) for s in self.state.subjects], dim=1)
+                keys, values = adapter.keys_values(tokens.flatten(0, 1).to(device, dtype), self.number)
+            shape = (2, len(self.state.subjects), *keys.shape[1:])
+            return keys.reshape(shape), values.reshape(shape)
         return self.state.cached(("kv", self.number, device, dtype), make)
 
     def image_term(self, q, extra_options):
@@ -136,12 +148,16 @@ class IPAttention:
         if len(active) < len(self.state.subjects):
             index = torch.tensor(active, device=q.device)
             regions, keys, values = regions[index], keys[:, index], values[:, index]
-        return regional_image_attention(q, keys[role_index], values[role_index],
-                                        regions.t()[None].expand(batch, -1, -1), extra_options["n_heads"])
+        return regional_image_attention(q, keys[role_index], values[role_index], regions.t()[None].expand(batch, -1, -1),
+                                        extra_options["n_heads"], extra_options.get("attn_precision"))
 
     def __call__(self, q, k, v, extra_options):
+        live = extra_options.get(OUTER_REPLACES_KEY)
+        shadowed = live.get(self.key[:2]) if live is not None else self.shadowed
         if self.previous is not None:
             out = self.previous(q, k, v, extra_options)
+        elif shadowed is not None:
+            out = shadowed(q, k, v, extra_options)
         else:
             out = comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"],
                                                       attn_precision=extra_options.get("attn_precision"),
@@ -196,14 +212,13 @@ class GroundingPatch:
         rows = self.state.rows(roles, x.shape[0], x.device)
         height, width = _grid_shape(extra_options, x.shape[1])
         fuser = self.state.adapter.module.fuser_by_path[path]
-        dtype = next(fuser.parameters()).dtype
-        objs = self._objs(active, x.device, dtype)
-        visible, region = self._visibility(active, height, width, x.device, dtype)
         selected = (rows == 0).nonzero().flatten()
         if selected.numel() == 0:
             return x
+        objs = self._objs(active, x.device, x.dtype)
+        visible, region = self._visibility(active, height, width, x.device, x.dtype)
         xs = x if selected.numel() == x.shape[0] else x[selected]
-        ys = fuser(xs.to(dtype), objs.expand(xs.shape[0], -1, -1), visible, region).to(x.dtype)
+        ys = fuser(xs, objs.expand(xs.shape[0], -1, -1), visible, region)
         if selected.numel() == x.shape[0]:
             return ys
         return x.index_copy(0, selected, ys)
@@ -242,34 +257,35 @@ class LocationMaskPatch:
 
 
 def _outer_sample_wrapper(executor, *args, **kwargs):
-    """Once per sampling: tell the patches which cond index is which branch (explicit table)."""
+    """Once per sampling, into this sampling's copy of the options: which cond index is which branch
+    (explicit table), the model's σ scale, and the 2-tuple attn2 replaces our keys shadow."""
     guider = executor.class_obj
     names = set(getattr(guider, "original_conds", {}) or {})
     options = getattr(guider, "model_options", None)
     if isinstance(options, dict):
-        options.setdefault("transformer_options", {})[BRANCH_TABLE_KEY] = table_for_guider(names)
+        transformer_options = options.setdefault("transformer_options", {})
+        transformer_options[BRANCH_TABLE_KEY] = table_for_guider(names)
+        transformer_options[SAMPLING_KEY] = guider.model_patcher.get_model_object("model_sampling")
+        replaces = transformer_options.get("patches_replace", {}).get("attn2", {})
+        transformer_options[OUTER_REPLACES_KEY] = {key: patch for key, patch in replaces.items() if len(key) == 2}
     return executor(*args, **kwargs)
 
 
 def apply_subjects(model, adapter, subjects):
     """A clone of ``model`` with ``subjects`` acting through ``adapter``."""
     keys = check_fits(adapter, model)
-    sampling = model.get_model_object("model_sampling")
-    windows = [(float(sampling.percent_to_sigma(s.start_percent)), float(sampling.percent_to_sigma(s.end_percent)))
-               for s in subjects]
-    state = SubjectState(adapter, subjects, windows)
+    state = SubjectState(adapter, subjects)
     patched = model.clone()
     if adapter.backend == BACKEND_IP:
         replaces = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
         for key, number in ip_layer_numbers(keys).items():
-            previous = replaces.get(key, replaces.get(key[:2]))
-            patched.set_model_attn2_replace(IPAttention(state, number, previous), key[0], key[1], key[2])
+            patched.set_model_attn2_replace(IPAttention(state, number, key, replaces.get(key), replaces.get(key[:2])), *key)
     else:
         patched.set_model_patch(GroundingPatch(state, {key: block_path(path) for key, path in keys.items()}),
                                 "middle_patch")
         patched.set_model_input_block_patch(LocationMaskPatch(state))
     attached = list(patched.get_additional_models_with_key(ADDITIONAL_MODELS_KEY))
-    if adapter.patcher not in attached:
+    if all(m.model is not adapter.module for m in attached):      # clone() clones them: compare modules
         patched.set_additional_models(ADDITIONAL_MODELS_KEY, attached + [adapter.patcher])
     wrappers = comfy.patcher_extension.WrappersMP
     patched.remove_wrappers_with_key(wrappers.OUTER_SAMPLE, WRAPPER_KEY)

@@ -29,7 +29,7 @@ from ..core.subject_regions import mask_bbox, reference_crop, region_grid
 from ..core.subjref_adapter import PRESETS, AdapterConfig, SubjectAdapter, write_adapter
 from .clip_patch import _tower_widths, encode_prompts
 from .model_patch import cross_attention_layers, model_family
-from .subject_adapter import BACKEND_SUBJREF, FOLDERS, LoadedAdapter, check_fits
+from .subject_adapter import BACKEND_SUBJREF, FOLDERS, LoadedAdapter, check_fits, load_adapter
 from .subject_nodes import MARKERS, _encode_vision
 from .train_concept import (_Frozen, _clip_layers, _deinference_, _diverged, _dtype, _forward_injection,
                             _loss_curve, _out_of_place_residuals, _prepare_images, _report, _training_compute_dtype,
@@ -252,7 +252,8 @@ def output_path(filename: str) -> str:
 
 def train_subject_adapter(model, clip, clip_vision, vae, images, masks, captions, steps=2000, lr=1e-4, batch_size=2,
                           preset="lite", seed=0, filename="my_subject_adapter", resolution=512, progress=True):
-    """Trains and saves; returns (path, LoadedAdapter of the saved weights, losses). Writes nothing unless it finishes."""
+    """Trains and saves; returns (path, the saved file loaded as an adapter, losses, the trained weights
+    rounded as saved). Writes nothing unless it finishes."""
     path = output_path(filename)
     _validate(images, masks, preset, batch_size, steps, lr)
     trainer = SubjectTrainer(model, clip, clip_vision, vae, images, masks, captions, preset, lr, batch_size, seed, resolution)
@@ -269,11 +270,10 @@ def train_subject_adapter(model, clip, clip_vision, vae, images, masks, captions
     info = {"steps": steps, "images": images.shape[0], "seed": seed, "lr": lr, "final_loss": f"{losses[-1]:.6g}",
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     write_adapter(path, adapter, dtype=torch.float16, extra_metadata=info)
-    with torch.no_grad():                         # what the file holds: the fp16-rounded weights
-        for p in adapter.parameters():
-            p.copy_(p.half().float())
     log.info("Subject adapter: saved %s (%d steps, final loss %.4g)", path, steps, losses[-1])
-    return path, LoadedAdapter(BACKEND_SUBJREF, adapter, f"{FOLDERS[0]}/{os.path.basename(path)}"), losses
+    trained = {k: v.detach().half().float() for k, v in adapter.state_dict().items()}   # what the file holds
+    # The output is the saved file, loaded as "Load Subject Adapter" loads it.
+    return path, load_adapter(path, f"{FOLDERS[0]}/{os.path.basename(path)}"), losses, trained
 
 
 class SubjectReferenceTrain:
@@ -313,7 +313,7 @@ class SubjectReferenceTrain:
 
     def train(self, model, clip, clip_vision, vae, images, masks, captions, steps, lr, batch_size, preset, seed, filename,
               resolution=512):
-        path, adapter, losses = train_subject_adapter(model, clip, clip_vision, vae, images, masks, captions, steps, lr,
+        path, adapter, losses, _ = train_subject_adapter(model, clip, clip_vision, vae, images, masks, captions, steps, lr,
                                                       batch_size, preset, seed, filename, resolution)
         name = os.path.basename(path)
         curve = _loss_curve(losses, steps)

@@ -454,3 +454,90 @@ def test_corrupt_subjref_file(folders):
     with pytest.raises(SubjectError, match="damaged.safetensors"):
         load("subject_ref/damaged.safetensors")
     os.unlink(damaged)
+
+
+# --- review fixes: packs added after ours, mixed batches, guider branches, σ windows, memory --------
+
+def test_an_sd15_ipadapter_patch_added_after_ours_still_runs(folders, sd1, vision):
+    model, clip = sd1
+    adapter = load("ipadapter/ip-base_sd15.safetensors")
+    patched = Apply().apply(model, adapter, encode(vision, adapter))[0]
+    later = patched.clone()
+    calls = []
+
+    def foreign(q, k, v, extra_options):
+        calls.append(extra_options["block"])
+        import comfy.ldm.modules.attention as attention
+        return attention.optimized_attention(q, k, v, extra_options["n_heads"])
+    later.set_model_attn2_replace(foreign, "output", 9)          # 2-tuple, as SD1.5 IPAdapter packs do
+    positive = comfy_nodes.CLIPTextEncode().encode(clip, "a dog")[0]
+    comfy_nodes.common_ksampler(later, 0, 1, 5.0, "euler", "normal", positive, positive, {"samples": torch.zeros(1, 4, 8, 8)})
+    assert calls and set(calls) == {("output", 9)}
+
+
+def test_grounding_patch_changes_only_the_subject_rows_of_a_mixed_batch(folders, sd1, vision):
+    model, _ = sd1
+    adapter = load("subject_ref/ref-full_sd15.safetensors")
+    patch = Apply().apply(model, adapter, encode(vision, adapter, box=(0.0, 0.0, 1.0, 1.0)))[0] \
+        .model_options["transformer_options"]["patches"]["middle_patch"][-1]
+    x = torch.randn(2, 64, 32)
+    options = {"block": ("output", 9), "block_index": 0, "activations_shape": [2, 32, 8, 8]}
+    mixed = patch(x, {**options, "cond_or_uncond": [1, 0]})           # negative first, then positive
+    alone = patch(x[1:], {**options, "cond_or_uncond": [0], "activations_shape": [1, 32, 8, 8]})
+    assert torch.equal(mixed[0], x[0])
+    torch.testing.assert_close(mixed[1:], alone)
+    assert not torch.allclose(alone, x[1:])
+
+
+def test_dual_cfg_chunks_get_the_tokens_their_branch_names(folders, sd1, vision):
+    model, _ = sd1
+    adapter = load("ipadapter/ip-plus_sd15.safetensors")
+    patch = Apply().apply(model, adapter, encode(vision, adapter))[0] \
+        .model_options["transformer_options"]["patches_replace"]["attn2"][("input", 4, 0)]
+    subjects_table = pack.core.subjects
+    q = torch.randn(3, 16, 64)
+    options = {"n_heads": 4, "activations_shape": [3, 64, 4, 4], "cond_or_uncond": [0, 1, 2],
+               subjects_table.BRANCH_TABLE_KEY: subjects_table.BRANCHES_DUAL_CFG}
+    term = patch.image_term(q, options)
+    single = {"n_heads": 4, "activations_shape": [1, 64, 4, 4]}
+    with_subject = [patch.image_term(q[i:i + 1], {**single, "cond_or_uncond": [0]}) for i in range(3)]
+    plain = [patch.image_term(q[i:i + 1], {**single, "cond_or_uncond": [1]}) for i in range(3)]
+    torch.testing.assert_close(term[0:1], plain[0])                  # negative: IP-Adapter's "no image" tokens
+    torch.testing.assert_close(term[1:2], with_subject[1])           # middle (empty prompt): the subject
+    torch.testing.assert_close(term[2:3], with_subject[2])           # positive: the subject
+    assert not torch.allclose(plain[0], with_subject[0])
+
+
+def test_time_window_follows_the_sampled_models_sigmas(folders, sd1, vision):
+    model, _ = sd1
+    adapter = load("ipadapter/ip-base_sd15.safetensors")
+    subjects = encode(vision, adapter, start=0.5, end=1.0)
+    patch = Apply().apply(model, adapter, subjects)[0] \
+        .model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)]
+    sampling = model.get_model_object("model_sampling")
+    key = pack.nodes.subject_patch.SAMPLING_KEY
+    early = {"sigmas": torch.tensor([float(sampling.percent_to_sigma(0.2))]), key: sampling}
+    late = {"sigmas": torch.tensor([float(sampling.percent_to_sigma(0.7))]), key: sampling}
+    assert patch.state.active(early) == [] and patch.state.active(late) == [0]
+
+
+def test_loaded_adapters_cast_weights_to_the_input_device_and_dtype(folders):
+    for name in ("ipadapter/ip-plus_sd15.safetensors", "subject_ref/ref-full_sd15.safetensors"):
+        module = load(name).module
+        layers = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.Conv2d))]
+        assert layers and all(getattr(m, "comfy_cast_weights", False) for m in layers), name
+
+
+def test_applying_twice_attaches_the_adapter_once(folders, sd1, vision):
+    model, _ = sd1
+    adapter = load("ipadapter/ip-base_sd15.safetensors")
+    once = Apply().apply(model, adapter, encode(vision, adapter))[0]
+    twice = Apply().apply(once, adapter, encode(vision, adapter, box=(0.5, 0.0, 0.5, 1.0)))[0]
+    attached = twice.get_additional_models_with_key(subject_patch.ADDITIONAL_MODELS_KEY)
+    assert len(attached) == 1 and attached[0].model is adapter.module
+
+
+def test_negative_weight_is_refused_for_a_subject_adapter(folders, vision):
+    adapter = load("subject_ref/ref-lite_sd15.safetensors")
+    with pytest.raises(SubjectError, match="weights from 0 up"):
+        encode(vision, adapter, weight=-0.5)

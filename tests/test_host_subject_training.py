@@ -94,21 +94,27 @@ def test_saved_file_reloads_identically_and_applies(setup):
         out = train_module.SubjectReferenceTrain().train(model, clip, vision, vae, images, masks,
                                                          "a ball <subject1>\na red ball <subject1>\na ball", 2, 1e-3, 2,
                                                          "lite", 0, "trained", resolution=RESOLUTION)
+        path, _, _, trained = train_module.train_subject_adapter(
+            model, clip, vision, vae, images, masks, "a ball <subject1>", 2, 1e-3, 2, "lite", 0, "trained_again",
+            resolution=RESOLUTION)
     adapter, name, curve = out["result"]
-    assert name == "trained.safetensors" and curve.shape[-1] == 3
-    reloaded = read_adapter(str(folder / name))
-    assert adapter.module.config == reloaded.config
-    for k, v in adapter.module.state_dict().items():
+    assert name == "trained.safetensors" and curve.shape[-1] == 3 and adapter.backend == "subjref.v1"
+    reloaded = read_adapter(path)
+    assert set(reloaded.state_dict()) == set(trained)
+    for k, v in trained.items():                         # the file holds exactly the trained weights (fp16)
         assert torch.equal(v, reloaded.state_dict()[k]), k
+    initial = pack.core.subjref_adapter.SubjectAdapter(reloaded.config).initialise_(0).state_dict()
+    assert any(not torch.equal(v, initial[k].half().float()) for k, v in trained.items())      # it did train
     assert not any(n.endswith(".tmp") for n in os.listdir(folder))
-    # The trained adapter works at once: encode, apply, sample.
-    subjects = pack.nodes.SubjectReferenceEncoder().encode(vision, adapter, images[:1], 0.1, 0.1, 0.5, 0.5, 1.0, 0.0, 1.0,
-                                                           subject_mask=masks[:1])[0]
-    patched = pack.nodes.SubjectReferenceApply().apply(model, adapter, subjects)[0]
-    positive = pack.nodes.SubjectReferenceTextEncode().encode(clip, "a ball <subject1>", subjects, adapter)[0]
-    negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
-    latent = comfy_nodes.common_ksampler(patched, 0, 2, 4.0, "euler", "normal", positive, negative,
-                                         {"samples": torch.zeros(1, 4, 8, 8)})[0]["samples"]
+    # The trained adapter works at once: encode, apply, sample (in inference mode, as ComfyUI runs nodes).
+    with torch.inference_mode():
+        subjects = pack.nodes.SubjectReferenceEncoder().encode(vision, adapter, images[:1], 0.1, 0.1, 0.5, 0.5, 1.0,
+                                                               0.0, 1.0, subject_mask=masks[:1])[0]
+        patched = pack.nodes.SubjectReferenceApply().apply(model, adapter, subjects)[0]
+        positive = pack.nodes.SubjectReferenceTextEncode().encode(clip, "a ball <subject1>", subjects, adapter)[0]
+        negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
+        latent = comfy_nodes.common_ksampler(patched, 0, 2, 4.0, "euler", "normal", positive, negative,
+                                             {"samples": torch.zeros(1, 4, 8, 8)})[0]["samples"]
     assert torch.isfinite(latent).all()
     with pytest.raises(SubjectError, match="already exists"):
         train_module.train_subject_adapter(model, clip, vision, vae, images, masks, "x", 1, filename="trained")

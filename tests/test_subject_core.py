@@ -974,3 +974,17 @@ def test_validate_timing(weight, start, end, ok):
     else:
         with pytest.raises(SubjectError):
             validate_timing(weight, start, end)
+
+
+def test_gated_self_attention_shared_region_computes_only_inside_rows_exactly():
+    """One region for the whole batch takes the inside-rows path; per-row regions take the dense one."""
+    m = randomise_(GatedSelfAttention(16, 8, 2, True), seed=31)
+    g = torch.Generator().manual_seed(32)
+    x, objs = torch.randn(2, 9, 16, generator=g), torch.randn(2, 4, 8, generator=g)
+    region = torch.tensor([0, 1, 1, 0, 0.5, 0, 0, 1, 0])[None, :, None]
+    visible = (region > 0).expand(1, 9, 4)
+    shared = m(x, objs, visible, region)
+    dense = m(x, objs, visible.expand(2, -1, -1), region.expand(2, -1, -1))
+    close(shared, dense, 1e-5)
+    assert torch.equal(shared[:, region[0, :, 0] == 0], x[:, region[0, :, 0] == 0])
+    assert torch.equal(m(x, objs, visible, torch.zeros_like(region)), x)
