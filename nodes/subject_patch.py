@@ -199,7 +199,9 @@ class GroundingPatch:
             n_patch = self.state.subjects[active[0]].tokens.shape[0]
             visible = (regions > 0).t().repeat_interleave(n_patch, dim=1)                   # [N, S*n_patch]
             union = regions.sum(dim=0)        # overlaps already scaled: sum_s w_s R_s
-            return visible[None], union[None, :, None].to(dtype)
+            # One subject: every computed row (inside its region) sees all its tokens, so no mask,
+            # which lets the attention take its fast unmasked kernels.
+            return (visible[None] if len(active) > 1 else None), union[None, :, None].to(dtype)
         return self.state.cached(("visible", tuple(active), height, width, device, dtype), make)
 
     def __call__(self, x, extra_options):
