@@ -15,7 +15,6 @@ import logging
 
 import torch
 
-from .concept_file import Concept
 from .errors import ConceptError
 from .gate_settings import GateSettings
 from .gated_edit import ProjectionBasis, add_value_targets, edit_inputs

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
-
 import comfy.samplers
 import nodes as comfy_nodes
 

@@ -7,8 +7,6 @@ import pytest
 import torch
 
 import host  # skips this module without COMFYUI_PATH
-import comfy.model_management
-import comfy.utils
 import folder_paths
 import nodes as comfy_nodes
 
