@@ -124,19 +124,8 @@ def subjref_lite(torch, pack, model, seed=0):
         model_channels=conv_in.out_channels,
         blocks=tuple(sorted((p[: -len(".attn2")], m.to_q.in_features) for p, m in layers.items())),
         towers=(("l", CONTEXT),))
-    adapter = core.SubjectAdapter(config)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in adapter.named_parameters():
-            if name.endswith(("alpha_attn", "alpha_dense")):
-                p.fill_(0.5)
-            elif p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return adapter.eval().requires_grad_(False)
+    from subject_factory import randomise_adapter_
+    return randomise_adapter_(core.SubjectAdapter(config), seed, gates=0.5)
 
 
 def vit_h(torch, tiny_models, layers=None, seed=0):
@@ -146,15 +135,7 @@ def vit_h(torch, tiny_models, layers=None, seed=0):
         config = json.load(f)
     if layers:
         config["num_hidden_layers"] = layers
-    fd, path = tempfile.mkstemp(suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(config, f)
-    try:
-        vision = comfy.clip_vision.ClipVisionModel(path)
-    finally:
-        os.unlink(path)
-    tiny_models.init_random_(vision.model, seed, fan_in=True)
-    return vision, config
+    return tiny_models.clip_vision_from_config(config, seed), config
 
 
 def reference(torch, size=512, seed=0):

@@ -86,3 +86,13 @@ def cancel_at_step(step, seen):
             comfy.utils.set_progress_bar_global_hook(None)
             comfy.model_management.interrupt_current_processing(False)
     return manager()
+
+
+def state_hash(module):
+    """SHA-256 of a module's state dict (names and values): equal hashes, bit-identical weights."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()

@@ -88,7 +88,11 @@ def subjref_adapter(pack, model, clip, preset="lite", seed=0, max_subjects=2, ga
         max_subjects=max_subjects, model_channels=conv_in.out_channels,
         blocks=tuple(sorted((p[: -len(".attn2")], m.to_q.in_features) for p, m in layers.items())),
         towers=tuple(sorted((t[-1], w) for t, w in tower_widths(clip).items())))
-    adapter = core.SubjectAdapter(config)
+    return randomise_adapter_(core.SubjectAdapter(config), seed, gates)
+
+
+def randomise_adapter_(adapter, seed=0, gates=0.5):
+    """Random weights as a trained adapter might have them, with the gates open to ``gates``."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in adapter.named_parameters():

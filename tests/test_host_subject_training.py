@@ -1,6 +1,5 @@
 """Host tests: "Train Subject Adapter" (subjref.v1) on a tiny SD1.5-shaped model in the real ComfyUI."""
 
-import hashlib
 import os
 
 import pytest
@@ -15,14 +14,6 @@ train_module = pack.nodes.subject_train
 SubjectError = pack.core.errors.SubjectError
 read_adapter = pack.core.subjref_adapter.read_adapter
 RESOLUTION = 64
-
-
-def state_hash(module):
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +58,7 @@ def fixed_loss(t):
 @pytest.mark.parametrize("preset", ["lite", "full"])
 def test_three_steps_lower_the_loss_and_change_only_the_adapter(setup, preset):
     _, model, clip, vision, *_ = setup
-    frozen = [state_hash(model.model), state_hash(clip.cond_stage_model), state_hash(vision.model)]
+    frozen = [host.state_hash(model.model), host.state_hash(clip.cond_stage_model), host.state_hash(vision.model)]
     flags = [p.requires_grad for p in model.model.parameters()]
     with torch.inference_mode():                      # as ComfyUI runs nodes
         t = trainer(setup, preset=preset)
@@ -82,7 +73,7 @@ def test_three_steps_lower_the_loss_and_change_only_the_adapter(setup, preset):
     assert any(k.startswith("fusers.") for k in changed) and "mask_in.weight" in changed
     assert any(k.startswith("cls_mlp.") for k in changed), changed
     assert any(k.startswith("grounding.") for k in changed), changed
-    assert [state_hash(model.model), state_hash(clip.cond_stage_model), state_hash(vision.model)] == frozen
+    assert [host.state_hash(model.model), host.state_hash(clip.cond_stage_model), host.state_hash(vision.model)] == frozen
     assert [p.requires_grad for p in model.model.parameters()] == flags
 
 

@@ -1,6 +1,5 @@
 """Host tests: "Train Perfusion Concept" on a tiny SD1.5-shaped model in the real ComfyUI."""
 
-import hashlib
 import os
 
 import pytest
@@ -69,14 +68,6 @@ def train(setup, filename, steps=STEPS, seed=0, **kw):
         return train_module.PerfusionTrainConcept().train(model, clip, vae, images, **args)
 
 
-def state_hash(module):
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
 def fixed_loss(model, clip, vae, images, prompt):
     """Noise-prediction loss on the training images over fixed noises and timesteps, minus what the
     zero predictor scores on the same noises: a random UNet cannot predict the noise itself, so
@@ -98,14 +89,14 @@ def fixed_loss(model, clip, vae, images, prompt):
 
 def test_training_learns_and_freezes_the_base_model(setup):
     folder, model, clip, vae, images = setup
-    before = (state_hash(model.model), state_hash(clip.patcher.model))
+    before = (host.state_hash(model.model), host.state_hash(clip.patcher.model))
     flags = [p.requires_grad for p in model.model.parameters()]
     out = train(setup, "learns", lr_values=LEARN_LR_VALUES, lr_embedding=LEARN_LR_EMBEDDING)
     trained_model, trained_clip, name, curve = out["result"]
     assert name == "learns.safetensors" and (folder / name).is_file()
     assert curve.shape[0] == 1 and curve.shape[-1] == 3 and curve.min() >= 0 and curve.max() <= 1
     # base weights bit-identical, flags restored, the input model carries no concept
-    assert (state_hash(model.model), state_hash(clip.patcher.model)) == before
+    assert (host.state_hash(model.model), host.state_hash(clip.patcher.model)) == before
     assert [p.requires_grad for p in model.model.parameters()] == flags
     assert pack.nodes.model_patch.concept_stack(model) is None
     # it learned: lower loss than at its start (1 step) and than the superclass prompt on the base model

@@ -120,16 +120,12 @@ def tiny_vae(seed=0):
 VISION_WIDTH, VISION_PROJ, VISION_IMAGE, VISION_PATCH = 64, 32, 56, 14     # 16 patch tokens + CLS
 
 
-def tiny_clip_vision(seed=0, width=VISION_WIDTH, projection=VISION_PROJ):
-    """A ViT CLIP-vision model (ComfyUI's ClipVisionModel) with a tiny config and random weights."""
+def clip_vision_from_config(config: dict, seed=0):
+    """ComfyUI's ClipVisionModel (it reads its config from a JSON file) with random weights."""
     import json
     import os
     import tempfile
     import comfy.clip_vision
-    config = {"attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "gelu", "hidden_size": width,
-              "image_size": VISION_IMAGE, "intermediate_size": 2 * width, "layer_norm_eps": 1e-05,
-              "model_type": "clip_vision_model", "num_attention_heads": 4, "num_channels": 3,
-              "num_hidden_layers": 3, "patch_size": VISION_PATCH, "projection_dim": projection}
     fd, path = tempfile.mkstemp(suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(config, f)
@@ -139,3 +135,12 @@ def tiny_clip_vision(seed=0, width=VISION_WIDTH, projection=VISION_PROJ):
         os.unlink(path)
     init_random_(vision.model, seed + 3, fan_in=True)
     return vision
+
+
+def tiny_clip_vision(seed=0, width=VISION_WIDTH, projection=VISION_PROJ):
+    """A ViT CLIP-vision model (ComfyUI's ClipVisionModel) with a tiny config and random weights."""
+    return clip_vision_from_config(
+        {"attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "gelu", "hidden_size": width,
+         "image_size": VISION_IMAGE, "intermediate_size": 2 * width, "layer_norm_eps": 1e-05,
+         "model_type": "clip_vision_model", "num_attention_heads": 4, "num_channels": 3,
+         "num_hidden_layers": 3, "patch_size": VISION_PATCH, "projection_dim": projection}, seed)
