@@ -105,21 +105,22 @@ class GatedSelfAttention(nn.Module):
         return hasattr(self, "ff")
 
     def forward(self, x: torch.Tensor, objs: torch.Tensor, visible: torch.Tensor | None = None,
-                region: torch.Tensor | None = None) -> torch.Tensor:
+                region: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, N, dim]; objs [B, M, token_dim]; visible [B or 1, N, M] bool (query sees that
         grounding token) or None (all); region [B or 1, N, 1] or None -> x updated [B, N, dim].
 
         Only visual query rows are computed (GLIGEN drops the grounding rows' outputs anyway), and with
         one region for the whole batch only the rows inside it (the update is 0 outside): the cost
-        scales with the subjects' area."""
+        scales with the subjects' area. ``rows``: those rows' index, if the caller has it cached
+        (else it is found here, which costs a device sync)."""
         b, n, dim = x.shape
-        rows = None
-        if region is not None and region.shape[0] == 1:
-            inside = torch.nonzero(region[0, :, 0]).flatten()
-            if inside.numel() == 0:
+        if rows is None and region is not None and region.shape[0] == 1:
+            rows = torch.nonzero(region[0, :, 0]).flatten()
+        if rows is not None:
+            if rows.numel() == 0:
                 return x
-            if inside.numel() < n:
-                rows = inside
+            if rows.numel() == n:
+                rows = None
         h = self.norm1(torch.cat([x, self.linear(objs)], dim=1))
         d = dim // self.heads
         split = lambda z: z.reshape(b, z.shape[1], self.heads, d).transpose(1, 2)  # noqa: E731

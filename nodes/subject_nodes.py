@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,20 @@ def _feature_error(adapter, what, got, expected):
                         "(ViT-H for most SD1.5 and the *_vit-h SDXL adapters, ViT-bigG for ip-adapter_sdxl)")
 
 
+_MEAN_IMAGE_FEATURES = weakref.WeakKeyDictionary()     # clip_vision -> {feature name: tensor}
+
+
+def _mean_image_feature(clip_vision, feature):
+    """IP-Adapter-Plus's uncond: CLIP-vision of all-zero *normalised* pixels, i.e. the mean colour.
+    The same for every subject: one vision pass per CLIP-vision model."""
+    cache = _MEAN_IMAGE_FEATURES.setdefault(clip_vision, {})
+    if feature not in cache:
+        size = getattr(clip_vision, "image_size", 224)
+        mean = torch.tensor(clip_vision.image_mean, dtype=torch.float32).expand(1, size, size, 3).clone()
+        cache[feature] = _encode_vision(clip_vision, mean)[feature].float().cpu()
+    return cache[feature]
+
+
 def _ip_tokens(adapter, clip_vision, crop, out):
     spec = adapter.module.spec
     feature = out[spec.feature]
@@ -62,9 +77,7 @@ def _ip_tokens(adapter, clip_vision, crop, out):
     if spec.feature == FEATURE_EMBEDS:
         plain = torch.zeros_like(feature)                                  # IP-Adapter's own uncond
     else:
-        # IP-Adapter-Plus's uncond: CLIP-vision of all-zero *normalised* pixels, i.e. the mean colour.
-        mean = torch.tensor(clip_vision.image_mean, dtype=torch.float32)
-        plain = _encode_vision(clip_vision, mean.expand(1, *crop.shape[1:3], 3).clone())[spec.feature]
+        plain = _mean_image_feature(clip_vision, spec.feature)
     module = adapter.module
     return module.tokens(feature.float().cpu())[0].float(), module.tokens(plain.float().cpu())[0].float()
 
@@ -215,7 +228,7 @@ class SubjectReferenceTextEncode:
         swaps = {}
         module = adapter.module
         with torch.inference_mode():
-            embeddings = [module.placeholder_embedding(s.image_embeds[None]) for s in subjects]
+            embeddings = {n: module.placeholder_embedding(subjects[n - 1].image_embeds[None]) for n in set(used)}
         for tower in ("clip_l", "clip_g", "clip_h"):
             if getattr(clip.tokenizer, tower, None) is None:
                 continue
@@ -223,7 +236,7 @@ class SubjectReferenceTextEncode:
                 raise SubjectError(f"{adapter.label} has no placeholder embedding for the {tower} text encoder "
                                    f"(it has {', '.join('clip_' + k for k in module.cls_mlp)}); it was trained "
                                    "for another model family")
-            swaps[tower] = {MARKERS[n - 1]: embeddings[n - 1][tower[-1]][0].float().cpu() for n in set(used)}
+            swaps[tower] = {MARKERS[n - 1]: embeddings[n][tower[-1]][0].float().cpu() for n in set(used)}
         marked = _PLACEHOLDER.sub(lambda m: " " + MARKERS[int(m.group(1)) - 1] + " ", text)
         tokens = PlaceholderTokenizer(clip.tokenizer, swaps).tokenize_with_weights(marked)
         spliced = sum(1 for segment in next(iter(tokens.values())) for t in segment if isinstance(t[0], torch.Tensor)

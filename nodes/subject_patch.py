@@ -86,6 +86,14 @@ class SubjectState:
             return torch.tensor([0 if r == SUBJECT else 1 for r in roles for _ in range(per)], device=device)
         return self.cached(("rows", tuple(roles), batch, device), make)
 
+    def subject_rows(self, roles, batch, device):
+        """(index of the batch rows that carry the subject, or None when that is every row; count)."""
+        def make():
+            per = batch // len(roles)
+            rows = [k for k, r in enumerate(r for r in roles for _ in range(per)) if r == SUBJECT]
+            return (None if len(rows) == batch else torch.tensor(rows, device=device)), len(rows)
+        return self.cached(("subject_rows", tuple(roles), batch, device), make)
+
 
 def _grid_shape(extra_options, length):
     """The layer's H x W: exact from activations_shape; else from the latent's aspect (as ComfyUI's
@@ -193,15 +201,17 @@ class GroundingPatch:
         return self.state.cached(("objs", tuple(active), device, dtype), make)
 
     def _visibility(self, active, height, width, device, dtype):
-        """([1, N, M] bool: query sees grounding token, [1, N, 1] union region x weight)."""
+        """([1, N, M] bool: query sees grounding token, [1, N, 1] union region x weight, index of the
+        visual rows inside the union), once per resolution."""
         def make():
             regions = self.state.regions(height, width, device, torch.float32)[active]      # [S, N]
             n_patch = self.state.subjects[active[0]].tokens.shape[0]
             visible = (regions > 0).t().repeat_interleave(n_patch, dim=1)                   # [N, S*n_patch]
             union = regions.sum(dim=0)        # overlaps already scaled: sum_s w_s R_s
+            inside = torch.nonzero(union).flatten()
             # One subject: every computed row (inside its region) sees all its tokens, so no mask,
             # which lets the attention take its fast unmasked kernels.
-            return (visible[None] if len(active) > 1 else None), union[None, :, None].to(dtype)
+            return (visible[None] if len(active) > 1 else None), union[None, :, None].to(dtype), inside
         return self.state.cached(("visible", tuple(active), height, width, device, dtype), make)
 
     def __call__(self, x, extra_options):
@@ -211,19 +221,16 @@ class GroundingPatch:
         if path is None or not active:
             return x
         roles = branch_roles(extra_options.get("cond_or_uncond", [0]), extra_options.get(BRANCH_TABLE_KEY, BRANCHES_CFG))
-        rows = self.state.rows(roles, x.shape[0], x.device)
+        selected, count = self.state.subject_rows(roles, x.shape[0], x.device)
+        if count == 0:
+            return x
         height, width = _grid_shape(extra_options, x.shape[1])
         fuser = self.state.adapter.module.fuser_by_path[path]
-        selected = (rows == 0).nonzero().flatten()
-        if selected.numel() == 0:
-            return x
         objs = self._objs(active, x.device, x.dtype)
-        visible, region = self._visibility(active, height, width, x.device, x.dtype)
-        xs = x if selected.numel() == x.shape[0] else x[selected]
-        ys = fuser(xs, objs.expand(xs.shape[0], -1, -1), visible, region)
-        if selected.numel() == x.shape[0]:
-            return ys
-        return x.index_copy(0, selected, ys)
+        visible, region, inside = self._visibility(active, height, width, x.device, x.dtype)
+        xs = x if selected is None else x[selected]
+        ys = fuser(xs, objs.expand(xs.shape[0], -1, -1), visible, region, rows=inside)
+        return ys if selected is None else x.index_copy(0, selected, ys)
 
     def to(self, device_or_dtype):
         return self

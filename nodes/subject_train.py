@@ -46,12 +46,18 @@ class _TrainingGrounding:
 
     def __init__(self, adapter: SubjectAdapter, paths: dict):
         self.adapter, self.paths = adapter, paths
-        self.objs, self.boxes, self.keep = None, None, None
+        self.set_batch(None, None, None)
+
+    def set_batch(self, objs, boxes, keep):
+        self.objs, self.boxes, self.keep, self._grids = objs, boxes, keep, {}
 
     def regions(self, height, width, device):
-        """[B, N] 1 inside each row's box (0 for rows whose subject is dropped)."""
-        grids = torch.stack([region_grid(box, None, height, width) for box in self.boxes]).to(device)
-        return grids * self.keep[:, None].to(device)
+        """[B, N] 1 inside each row's box (0 for rows whose subject is dropped), once per resolution and step."""
+        key = (height, width)
+        if key not in self._grids:
+            grids = torch.stack([region_grid(box, None, height, width) for box in self.boxes]).to(device)
+            self._grids[key] = grids * self.keep[:, None].to(device)
+        return self._grids[key]
 
     def middle(self, x, extra_options):
         path = self.paths.get((*extra_options["block"], extra_options.get("block_index", 0)))
@@ -207,8 +213,8 @@ class SubjectTrainer:
             tokens.append(PlaceholderTokenizer(self.base_tokenizer, swaps).tokenize_with_weights(text))
         context, pooled = encode_prompts(self.train_clip, tokens, self.per_prompt_pooled)
         xyxy = torch.stack([b.xyxy() for b in boxes]).to(self.device)
-        self.grounding.objs = self.adapter.grounding_tokens(self.patches[pick].to(self.device), xyxy)
-        self.grounding.boxes, self.grounding.keep = boxes, keep.float()
+        self.grounding.set_batch(self.adapter.grounding_tokens(self.patches[pick].to(self.device), xyxy),
+                                 boxes, keep.float())
         extra = {}
         if self.per_prompt_pooled:
             extra["y"] = self.train_model.model.encode_adm(
