@@ -109,7 +109,7 @@ def worker(which, steps, resolution, batch, out):
     with PeakRSS() as peak, torch.inference_mode():
         if which.startswith("perfusion"):
             pack.nodes.train_concept.train_concept(
-                model, clip, vae, images, "sks", "teddy bear", steps=steps, batch_size=batch, grad_accumulation=1,
+                model, clip, vae, images, "sks", "teddy", steps=steps, batch_size=batch, grad_accumulation=1,
                 resolution=resolution, seed=0, filename=f"bench_{steps}", progress=False,
                 gradient_checkpointing=which == "perfusion_checkpointing")
         else:

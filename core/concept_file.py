@@ -6,7 +6,9 @@ Tensors (float16 or float32):
     v_target.<attn2 module path inside diffusion_model> [d_out], one per cross-attention layer
 Metadata (strings): perfusion.format = "1", perfusion.trigger, perfusion.superclass,
     perfusion.model (sd1 | sd2 | sdxl), perfusion.context_dim, perfusion.beta, perfusion.tau,
-    perfusion.covariance_sha256; any other ``perfusion.*`` key is kept as free-form info.
+    perfusion.covariance_sha256; optional: perfusion.clip_layer, perfusion.encoder_fingerprint and the
+    covariance's perfusion.covariance_* / perfusion.corpus_sha256 (docs/concept-format.md); any other
+    ``perfusion.*`` key is kept as free-form info.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def validate_concept(concept: Concept) -> None:
     if concept.trigger != concept.trigger.strip() or any(c.isspace() for c in concept.trigger):
         raise _fail(n, f"perfusion.trigger {concept.trigger!r} must be one word without spaces")
     if not concept.superclass.strip():
-        raise _fail(n, "perfusion.superclass is empty; expected a word such as 'teddy bear'")
+        raise _fail(n, "perfusion.superclass is empty; expected a word such as 'dog'")
     if concept.model not in MODEL_FAMILIES:
         raise _fail(n, f"perfusion.model is {concept.model!r}; expected one of {', '.join(MODEL_FAMILIES)}")
     d = concept.context_dim

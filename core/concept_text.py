@@ -8,9 +8,14 @@ weights like ``(sks:1.2)``) stays exactly as the stock tokenizer made it.
 
 from __future__ import annotations
 
+import logging
+
+from .clip_layer import current_layer, layer_mismatch
 from .errors import ConceptError
 
 TOWERS = ("clip_l", "clip_g", "clip_h")     # tokenizer attribute; the token dict key is the last letter
+log = logging.getLogger("perfusion")
+_WARNED = set()
 
 
 def _word_ids(sub_tokenizer, word):
@@ -97,8 +102,13 @@ class ConceptTokenizer(WholeWordSwap):
                 super_ids = _word_ids(sub, superclass)
                 if not super_ids:
                     raise ConceptError(f"{label}: the superclass {superclass!r} has no tokens")
-                # A several-token superclass ("teddy bear") keeps its head noun, the last token, so that
-                # the superclass prompt has the same length and positions as the trigger prompt.
+                if len(super_ids) > 1 and (label, tower) not in _WARNED:
+                    # Files from before the trainer refused such superclasses: global key locking uses
+                    # the last token alone, which is not what their keys were locked to.
+                    _WARNED.add((label, tower))
+                    log.warning("Perfusion: %s has the several-token superclass %r; global key locking uses its "
+                                "last token alone, local key locking is unaffected. Train it again with a one-token "
+                                "superclass", label, superclass)
                 self.superclass_ids[id(embeddings[tower])] = (embeddings[tower], super_ids[-1])
 
     def untokenize(self, token_weight_pair):
@@ -122,13 +132,24 @@ class ConceptTextEncoder:
     ``make_cond(tensor)`` wraps the context the way the sampler expects (comfy.conds.CONDCrossAttn).
     """
 
-    def __init__(self, inner, superclass_ids: dict, cond_key: str, make_cond):
+    def __init__(self, inner, superclass_ids: dict, cond_key: str, make_cond, layers=()):
         if isinstance(inner, ConceptTextEncoder):
             inner = inner.inner
         self.inner = inner
         self.superclass_ids = superclass_ids
         self.cond_key = cond_key
         self.make_cond = make_cond
+        self.layers = tuple(layers)          # (concept label, layer it was trained at)
+
+    def _check_layer(self):
+        """CLIP.encode_from_tokens sets the towers' layer just before it calls us, so a CLIPSetLastLayer
+        placed after 'Load Rank-1 Concept' is caught here rather than misfiring the gates silently."""
+        if not self.layers:
+            return
+        used = current_layer(self.inner)
+        for label, trained in self.layers:
+            if trained != used:
+                raise ConceptError(layer_mismatch(label, trained, used))
 
     def _superclass_tokens(self, token_weight_pairs):
         changed = False
@@ -147,6 +168,7 @@ class ConceptTextEncoder:
         return swapped, changed
 
     def encode_token_weights(self, token_weight_pairs):
+        self._check_layer()
         out = self.inner.encode_token_weights(token_weight_pairs)
         superclass_pairs, changed = self._superclass_tokens(token_weight_pairs)
         if not changed:

@@ -6,6 +6,7 @@ import torch
 
 import comfy.conds
 
+from ..core.clip_layer import concept_layer, layer_for, layer_mismatch
 from ..core.concept_stack import SUPER_CONTEXT_KEY
 from ..core.concept_text import ConceptTextEncoder, ConceptTokenizer
 from ..core.errors import ConceptError
@@ -30,11 +31,15 @@ def add_concept_to_clip(clip, concept):
         if vector is not None and vector.shape[0] != width:
             raise ConceptError(f"{concept.label}: embedding.{tower} has {vector.shape[0]} values; this CLIP's "
                                f"{tower} has {width}. It was made for another model family ({concept.model})")
+    trained, used = concept_layer(concept), layer_for(clip.cond_stage_model, clip.layer_idx)
+    if trained != used:
+        raise ConceptError(layer_mismatch(concept.label, trained, used))
     previous = clip.tokenizer.concepts if isinstance(clip.tokenizer, ConceptTokenizer) else ()
     entry = (concept.trigger, concept.superclass, concept.embeddings, concept.label)
     tokenizer = ConceptTokenizer(clip.tokenizer, previous + (entry,))
+    layers = clip.cond_stage_model.layers if isinstance(clip.cond_stage_model, ConceptTextEncoder) else ()
     encoder = ConceptTextEncoder(clip.cond_stage_model, tokenizer.superclass_ids, SUPER_CONTEXT_KEY,
-                                 comfy.conds.CONDCrossAttn)
+                                 comfy.conds.CONDCrossAttn, layers + ((concept.label, trained),))
     patched = clip.clone()
     patched.tokenizer = tokenizer
     patched.cond_stage_model = encoder

@@ -7,6 +7,7 @@ and files the pack writes go to the first folder listed.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import folder_paths
@@ -14,6 +15,7 @@ import folder_paths
 from ..core.errors import ConceptError
 
 FOLDER = "perfusion"
+SUBJECT_FOLDER = "subject_ref"                      # the pack's own subject adapters (nodes/subject_adapter.py)
 EXTENSIONS = {".safetensors"}
 COVARIANCE_SUBFOLDER = "covariance"
 
@@ -29,6 +31,13 @@ def register_folder(folder: str, extensions: set) -> None:
 
 def register() -> None:
     register_folder(FOLDER, EXTENSIONS)
+    register_folder(SUBJECT_FOLDER, set())          # its extensions: subject_adapter.register()
+    for folder in (FOLDER, SUBJECT_FOLDER):         # so a newcomer finds where files go
+        first = folder_paths.get_folder_paths(folder)[0]
+        try:
+            os.makedirs(first, exist_ok=True)
+        except OSError as e:
+            logging.getLogger("perfusion").warning("Perfusion: could not create %s (%s)", first, e)
 
 
 def concept_names() -> list[str]:

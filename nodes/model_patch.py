@@ -10,6 +10,7 @@ whenever another clone is loaded. An APPLY_MODEL wrapper hands each forward its 
 from __future__ import annotations
 
 import functools
+import logging
 import weakref
 from dataclasses import replace
 
@@ -19,6 +20,7 @@ import comfy.conds
 import comfy.patcher_extension
 
 from ..core.concept_stack import OPTIONS_KEY, SUPER_CONTEXT_KEY, ConceptStack
+from ..core.encoder_fingerprint import shared_encoder_check
 from ..core.errors import ConceptError
 from ..core.gate_settings import GateSettings
 
@@ -26,6 +28,7 @@ INJECTION_KEY = "perfusion"
 WRAPPER_KEY = "perfusion"
 _FAMILIES = (("SDXL", "sdxl"), ("SD20", "sd2"), ("SD15", "sd1"))
 _OWNER = "_perfusion_previous_forward"
+log = logging.getLogger("perfusion")
 
 
 def cross_attention_layers(model) -> dict:
@@ -162,11 +165,11 @@ def apply_concept(model, concept, strength: float):
         if other.trigger == concept.trigger:
             raise ConceptError(f"{concept.label} uses the trigger '{concept.trigger}', which "
                                f"{other.label} on this model already uses; a trigger must be unique")
-        if other.covariance_sha256 and concept.covariance_sha256 and \
-                other.covariance_sha256 != concept.covariance_sha256:
-            raise ConceptError(f"{concept.label} and {other.label} were made with different text-encoder "
-                               "covariances (perfusion.covariance_sha256), so they cannot share one "
-                               "projection; train both on the same base model")
+        error, warning = shared_encoder_check(other, concept)
+        if error:
+            raise ConceptError(error)
+        if warning:
+            log.warning("Perfusion: %s", warning)
     settings = gate_settings(model)
     key_lock = next(iter(settings.values())).key_lock if settings else "local"    # model-wide
     settings[concept.trigger] = GateSettings(strength=strength, beta=concept.beta, tau=concept.tau,

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 
+import numpy
 import torch
 import torch.utils.checkpoint
 
@@ -31,6 +32,7 @@ from ..core.errors import ConceptError
 from ..core.gate_settings import GateSettings
 from . import model_folder
 from .clip_patch import add_concept_to_clip, encode_prompts
+from . import covariance_cache
 from .covariance_cache import covariance_for
 from .model_patch import INJECTION_KEY, Injection, apply_concept, concept_stack, cross_attention_layers, model_family
 
@@ -126,10 +128,25 @@ def _towers(tokenizer):
     return [t for t in TOWERS if getattr(tokenizer, t, None) is not None]
 
 
-def _head_token(tokenizer, tower, word):
+def _word_ids(sub, word):
+    return sub.tokenizer(word)["input_ids"][sub.tokens_start:-1 if sub.end_token is not None else None]
+
+
+def _superclass_token(tokenizer, tower, superclass):
+    """The superclass's one token id. Keys lock to one token's encoding (spec 4.4; both reference
+    implementations assert it), and global key locking puts that token in the trigger's place, so a
+    several-token superclass would lock to something global locking cannot reproduce."""
     sub = getattr(tokenizer, tower)
-    ids = sub.tokenizer(word)["input_ids"][sub.tokens_start:-1 if sub.end_token is not None else None]
-    return ids
+    ids = _word_ids(sub, superclass)
+    if len(ids) == 1:
+        return ids[0]
+    if not ids:
+        raise ConceptError(f"superclass {superclass!r}: the {tower} tokenizer gives no tokens for it; "
+                           "use a word for what the subject is, e.g. 'dog' or 'toy'")
+    words = [w for w in re.split(r"[\s,]+", superclass) if w and len(_word_ids(sub, w)) == 1]
+    hint = " or ".join(f"'{w}'" for w in words[-2:]) or "'dog', 'toy' or 'cup'"
+    raise ConceptError(f"superclass {superclass!r} is {len(ids)} tokens for the text encoder; Perfusion locks "
+                       f"the keys to ONE token, so use a one-token word for what the subject is, e.g. {hint}")
 
 
 def _validate(images, masks, trigger, superclass, model):
@@ -152,7 +169,7 @@ def _validate(images, masks, trigger, superclass, model):
     if not trigger.strip() or any(c.isspace() for c in trigger.strip()):
         raise ConceptError(f"trigger {trigger!r}: expected one word, e.g. 'sks'")
     if not superclass.strip():
-        raise ConceptError("superclass: expected what the subject is, e.g. 'teddy bear' or 'dog'")
+        raise ConceptError("superclass: expected what the subject is, as one word, e.g. 'dog' or 'teddy'")
     if concept_stack(model) is not None:
         raise ConceptError("model: it already carries Perfusion concepts; train on the checkpoint's model "
                            "(before any 'Load Rank-1 Concept')")
@@ -198,7 +215,7 @@ def _loss_curve(losses, steps):
         draw.text((pad, height - pad + 8), f"step 1 .. {len(losses)} of {steps}", fill=(200, 200, 200))
         draw.text((pad + 4, pad // 2 + 4), f"loss {hi:.4g}", fill=(200, 200, 200))
         draw.text((pad + 4, height - pad - 14), f"loss {lo:.4g}", fill=(200, 200, 200))
-    return torch.from_numpy(__import__("numpy").asarray(img).astype("float32") / 255.0)[None]
+    return torch.from_numpy(numpy.asarray(img).astype("float32") / 255.0)[None]
 
 
 def _report(step, steps, loss):
@@ -229,19 +246,14 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
     base_tokenizer = getattr(clip.tokenizer, "inner", clip.tokenizer)
     text_model = getattr(clip.cond_stage_model, "inner", clip.cond_stage_model)
     towers = _towers(base_tokenizer)
-    head_ids = {}
-    for tower in towers:
-        ids = _head_token(base_tokenizer, tower, superclass)
-        if not ids:
-            raise ConceptError(f"superclass {superclass!r}: the {tower} tokenizer gives no tokens for it")
-        head_ids[tower] = ids
-    embeddings = {t: getattr(text_model, t).transformer.get_input_embeddings().weight[head_ids[t][-1]].detach().float().clone()
+    superclass_ids = {tower: _superclass_token(base_tokenizer, tower, superclass) for tower in towers}
+    embeddings = {t: getattr(text_model, t).transformer.get_input_embeddings().weight[superclass_ids[t]].detach().float().clone()
                   for t in towers}
     # Refuses a trigger that is several tokens, before any work is done.
     ConceptTokenizer(base_tokenizer, [(trigger, superclass, embeddings, f"trigger {trigger!r}")])
 
-    C, covariance_key = covariance_for(clip, show_progress=progress)
-    G = invert(C, "the text encoder's covariance")
+    encoder = covariance_for(clip, show_progress=progress)
+    G = invert(encoder.covariance, f"the covariance of {covariance_cache.encoder_name(clip)}")
     layers = cross_attention_layers(model)
     generator = torch.Generator().manual_seed(int(seed))
     device = comfy.model_management.get_torch_device()
@@ -267,7 +279,6 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
         frozen = _Frozen(train_model.model, train_clip.patcher.model)
         stack, optimizer = None, None
         key0 = towers[0][-1]
-        n_super = len(head_ids[towers[0]])
         try:
             comfy.model_management.load_models_gpu([train_model, train_clip.patcher])
             _deinference_(train_clip.patcher.model)
@@ -306,7 +317,9 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
                         with torch.no_grad():
                             super_tokens = [train_clip.tokenize(t.format(superclass)) for t in templates]
                             super_context, _ = encode_prompts(train_clip, super_tokens)
-                            e_super = super_context[torch.arange(batch_size), [p + n_super - 1 for p in positions]].mean(0)
+                            # local key lock: the superclass word's encoding where the trigger sits (one token, so
+                            # the same position), the very token global key locking substitutes
+                            e_super = super_context[torch.arange(batch_size), positions].mean(0)
                             value_outputs = [m.to_v(e_super[None].to(device, _dtype(train_model)))
                                              for m in cross_attention_layers(train_model).values()]
                         trainable.initialise(e_super.to(device), [v.float() for v in value_outputs])
@@ -356,11 +369,11 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
             train_clip.patcher.unpatch_model(unpatch_weights=False)
             frozen.restore()
 
-        info = {"perfusion.steps": str(steps), "perfusion.train_beta": repr(float(train_beta)),
+        info = {**encoder.concept_info(), "perfusion.steps": str(steps), "perfusion.train_beta": repr(float(train_beta)),
                 "perfusion.train_tau": repr(float(train_tau)), "perfusion.images": str(images.shape[0]),
                 "perfusion.seed": str(seed), "perfusion.final_loss": f"{losses[-1]:.6g}" if losses else "",
                 "perfusion.date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-        concept = trainable.to_concept(INFERENCE_BETA, INFERENCE_TAU, covariance_key, info)
+        concept = trainable.to_concept(INFERENCE_BETA, INFERENCE_TAU, encoder.key, info)
     write_concept(path, concept)
     log.info("Perfusion: saved %s (%d steps, final loss %.4g)", path, steps, losses[-1] if losses else float("nan"))
     return path, concept, losses
@@ -404,7 +417,7 @@ class PerfusionTrainConcept:
             "vae": ("VAE", {"tooltip": "The checkpoint's VAE, to encode the photos once."}),
             "images": ("IMAGE", {"tooltip": "1-20 photos of the subject (a batch)."}),
             "trigger": ("STRING", {"default": "sks", "tooltip": "The new word for your subject; one short rare word (one token), e.g. 'sks'."}),
-            "superclass": ("STRING", {"default": "teddy bear", "tooltip": "What the subject is, e.g. 'teddy bear', 'dog', 'sneaker'. Keys are locked to it."}),
+            "superclass": ("STRING", {"default": "dog", "tooltip": "What the subject is, as ONE word that is one token, e.g. 'dog', 'teddy', 'sneaker', 'mug'. Keys are locked to it; the trigger's embedding starts from it."}),
             "steps": ("INT", {"default": 400, "min": 1, "max": 10000, "tooltip": "Optimizer steps (the paper: 400)."}),
             "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Images per micro-batch."}),
             "grad_accumulation": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Micro-batches per step (batch 4 x 4 = the paper's 16)."}),

@@ -60,7 +60,7 @@ def setup(tmp_path_factory):
 
 def train(setup, filename, steps=STEPS, seed=0, **kw):
     folder, model, clip, vae, images = setup
-    args = dict(trigger="sks", superclass="teddy bear", steps=steps, batch_size=2, grad_accumulation=1,
+    args = dict(trigger="sks", superclass="teddy", steps=steps, batch_size=2, grad_accumulation=1,
                 lr_embedding=0.006, lr_values=0.03, train_beta=0.75, train_tau=0.1, resolution=64, flip=True,
                 masked_loss=True, seed=seed, filename=filename)
     args.update(kw)
@@ -103,7 +103,7 @@ def test_training_learns_and_freezes_the_base_model(setup):
     start_model, start_clip, _, _ = train(setup, "start", steps=1, lr_values=LEARN_LR_VALUES, lr_embedding=LEARN_LR_EMBEDDING)["result"]
     trained = fixed_loss(trained_model, trained_clip, vae, images, "a photo of a sks")
     start = fixed_loss(start_model, start_clip, vae, images, "a photo of a sks")
-    superclass = fixed_loss(model, clip, vae, images, "a photo of a teddy bear")
+    superclass = fixed_loss(model, clip, vae, images, "a photo of a teddy")
     print(f"excess loss over the zero predictor: trained {trained:.4f}, start {start:.4f}, superclass {superclass:.4f}")
     assert start > 0 and superclass > 0
     assert trained < 0.7 * start and trained < 0.7 * superclass, (trained, start, superclass)
@@ -139,23 +139,25 @@ def test_saved_file_reproduces_the_trained_model(setup):
     assert not any(n.startswith("covariance") for n in Load.INPUT_TYPES()["required"]["concept_name"][0])
 
 
-def test_keys_are_locked_to_the_superclass_head_token(setup):
-    """e_super is the superclass's last token ("bear" of "teddy bear") encoded in a training template, and
-    the trained concept's key at its own target input is g(1) W_k e_super."""
+def test_keys_are_locked_to_the_superclass_token(setup):
+    """e_super is the one-token superclass encoded in a training template at the trigger's position,
+    the same encoding global key locking substitutes for the trigger; the trained concept's key at its
+    own target input is g(1) W_k e_super."""
     folder, model, clip, vae, images = setup
-    trained_model, _, name, _ = train(setup, "keylock", steps=1, batch_size=1, grad_accumulation=1)["result"]
+    trained_model, trained_clip, name, _ = train(setup, "keylock", steps=1, batch_size=1, grad_accumulation=1)["result"]
     concept = pack.nodes.model_patch.concept_stack(trained_model).concepts[0]
-    head, first = clip.tokenize("bear")["l"][0][1][0], clip.tokenize("teddy")["l"][0][1][0]
-    heads, firsts = [], []
-    for template in pack.core.training.TEMPLATES:
-        tokens = clip.tokenize(template.format("teddy bear"))
-        encoding = clip.encode_from_tokens(tokens)[0]
-        ids = [t[0] for t in tokens["l"][0]]
-        heads.append(encoding[ids.index(head)])
-        firsts.append(encoding[ids.index(first)])
     close = lambda a, b: torch.allclose(a, b, atol=1e-4, rtol=1e-4)
-    assert any(close(concept.superclass_encoding, h) for h in heads)
-    assert not any(close(concept.superclass_encoding, f) for f in firsts)
+    superclass_token = clip.tokenize("teddy")["l"][0][1][0]
+    matches = []
+    for template in pack.core.training.TEMPLATES:
+        tokens = clip.tokenize(template.format("teddy"))
+        ids = [t[0] for t in tokens["l"][0]]
+        matches.append(close(concept.superclass_encoding, clip.encode_from_tokens(tokens)[0][ids.index(superclass_token)]))
+        # global key locking: the superclass version of the trigger prompt has that very token there
+        _, _, extra = trained_clip.cond_stage_model.encode_token_weights(trained_clip.tokenize(template.format("sks")))
+        superclass_context = extra["model_conds"][pack.core.concept_stack.SUPER_CONTEXT_KEY].cond[0]
+        assert close(superclass_context, clip.encode_from_tokens(tokens)[0])
+    assert any(matches)
     stack = pack.nodes.model_patch.concept_stack(trained_model)
     path, layer = next(iter(pack.nodes.model_patch.cross_attention_layers(model).items()))
     to_k = layer.to_k
@@ -191,7 +193,7 @@ def test_an_fp16_model_trains_like_fp32(setup):
     results = []
     for model, name in ((half, "fp16"), (full, "fp32")):
         with torch.inference_mode():
-            out = train_module.PerfusionTrainConcept().train(model, clip, vae, images, "sks", "teddy bear", 2, 2, 1,
+            out = train_module.PerfusionTrainConcept().train(model, clip, vae, images, "sks", "teddy", 2, 2, 1,
                                                              0.006, 0.03, 0.75, 0.1, 64, True, True, 0, f"dtype_{name}")
         results.append(read_concept(str(folder / out["result"][2])))
     assert half.model.get_dtype() == torch.float16 and half.model.manual_cast_dtype is None   # input untouched
@@ -238,7 +240,7 @@ def test_a_bfloat16_model_trains(setup):
     assert model.model.get_dtype() == torch.bfloat16
     with torch.inference_mode():
         out = train_module.PerfusionTrainConcept().train(
-            model, clip, vae, images, "sks", "teddy bear", 3, 2, 1, 0.006, 0.03, 0.75, 0.1, 64, True, True, 0, "bf16")
+            model, clip, vae, images, "sks", "teddy", 3, 2, 1, 0.006, 0.03, 0.75, 0.1, 64, True, True, 0, "bf16")
     concept = read_concept(str(folder / out["result"][2]))
     assert all(torch.isfinite(v).all() for v in concept.v_targets.values())
     ctx = out["result"][1].encode_from_tokens(out["result"][1].tokenize("a photo of sks"))
@@ -281,11 +283,12 @@ def test_masks_are_used(setup):
     (dict(images=torch.full((4, 64, 64, 3), float("nan"))), "images: some pixels are NaN"),
     (dict(masks=torch.ones(4, 32, 32)), "masks: 32x32 pixels, the images are 64x64"),
     (dict(steps=4, lr_values=1e20, lr_embedding=1e20), "training diverged at step"),
+    (dict(superclass="teddy bear"), "superclass 'teddy bear' is 2 tokens .* one-token word .* 'teddy' or 'bear'"),
 ])
 def test_bad_input_is_refused_and_writes_nothing(setup, change, message):
     folder, model, clip, vae, images = setup
     before = sorted(os.listdir(folder))
-    args = dict(trigger="sks", superclass="teddy bear", steps=2, batch_size=2, grad_accumulation=1, lr_embedding=0.006,
+    args = dict(trigger="sks", superclass="teddy", steps=2, batch_size=2, grad_accumulation=1, lr_embedding=0.006,
                 lr_values=0.03, train_beta=0.75, train_tau=0.1, resolution=64, flip=True, masked_loss=True, seed=0,
                 filename="bad_input")
     args.update({k: v for k, v in change.items() if k != "images"})
@@ -312,24 +315,108 @@ def test_model_with_concepts_is_refused(setup):
 def test_shipped_corpus_and_covariance_cache(setup):
     folder, model, clip, vae, images = setup
     captions = covariance_cache.read_corpus(covariance_cache.SHIPPED_CORPUS)
-    assert len(captions) >= 20000 and len(set(captions)) == len(captions)
-    C, key = covariance_cache.covariance_for(clip, show_progress=False)
-    cached = folder / "covariance" / f"{key}.safetensors"
+    assert len(captions) >= 10000 and len(set(captions)) == len(captions)
+    encoder = covariance_cache.covariance_for(clip, show_progress=False)
+    cached = folder / "covariance" / f"{encoder.key}.safetensors"
     assert cached.is_file()
-    # the key follows the weights as used: a LoRA on the CLIP, and its strength, give another key;
-    # whether the CLIP happened to be loaded does not
+    C = encoder.covariance
+    assert torch.allclose(C, C.T) and torch.linalg.eigvalsh(C)[0] > 0
+    info = encoder.concept_info()
+    assert info["perfusion.clip_layer"] == "last"
+    assert 0 < float(info["perfusion.covariance_shrinkage"]) < 1
+    assert float(info["perfusion.covariance_condition"]) <= pack.core.covariance.MAX_CONDITION
+    # the key follows the encodings: whether the CLIP happened to be loaded does not change it, nor a
+    # clone; a LoRA on the CLIP (and its strength) and another layer give another covariance
     comfy.model_management.unload_all_models()
-    assert covariance_cache.covariance_key(clip) == key
-    name = next(k for k in clip.patcher.model.state_dict() if k.endswith("mlp.fc1.weight"))
-    delta = torch.full_like(clip.patcher.model.state_dict()[name], 0.01)
-    keys = []
-    for strength in (1.0, 0.1):
+    assert covariance_cache.covariance_for(clip.clone(), show_progress=False).key == encoder.key
+    name = next(k for k in clip.patcher.model.state_dict() if k.endswith("layers.0.mlp.fc1.weight"))
+    delta = 0.05 * torch.randn(clip.patcher.model.state_dict()[name].shape, generator=torch.Generator().manual_seed(0))
+    small = folder / "captions_small.txt"                  # the keys, not the numbers, are under test here
+    small.write_text("\n".join(captions[:40]) + "\n")
+    before = set((folder / "covariance").glob("*.safetensors"))
+    variants = []
+    for strength in (1.0, 0.5):
         loraed = clip.clone()
         loraed.add_patches({name: (delta,)}, strength)
-        keys.append(covariance_cache.covariance_key(loraed))
-    assert len({key, *keys}) == 3
-    assert torch.allclose(C, C.T) and torch.linalg.eigvalsh(C)[0] > 0
-    # a different clip layer setting is another covariance
+        variants.append(loraed)
     other = clip.clone()
     other.clip_layer(-2)
-    assert covariance_cache.covariance_key(other) != key
+    keys = {covariance_cache.covariance_for(c, show_progress=False, corpus_path=str(small)).key
+            for c in [clip] + variants + [other]}
+    assert len(keys) == 4 and encoder.key not in keys      # another corpus is another covariance too
+    assert len(set((folder / "covariance").glob("*.safetensors")) - before) == 4
+    assert covariance_cache.covariance_for(variants[1], show_progress=False, corpus_path=str(small)).key in keys
+
+
+def _clip_copy(clip, dtype=None, garbage_projection=False):
+    """A second CLIP object with the same weights, as another load of the same checkpoint gives:
+    optionally stored in another dtype, and with a text_projection that holds whatever memory held
+    (SD1.5 files carry none; ComfyUI leaves it uninitialised)."""
+    copy = host.tiny_clip("sd1")
+    state = {k: v.clone() for k, v in clip.cond_stage_model.state_dict().items()}
+    copy.cond_stage_model.load_state_dict(state)
+    with torch.no_grad():
+        if garbage_projection:
+            for k, p in copy.cond_stage_model.named_parameters():
+                if k.endswith("text_projection.weight"):
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(99)) * 1e3)
+        if dtype is not None:
+            copy.cond_stage_model.to(dtype)
+    return copy
+
+
+def test_covariance_key_ignores_what_the_cond_does_not_see(setup):
+    """Today's users: the same checkpoint loaded again (uninitialised text_projection), stored in
+    another dtype, gives the same key and reuses the cache file instead of writing a new one."""
+    folder, model, clip, vae, images = setup
+    first = covariance_cache.covariance_for(clip, show_progress=False)
+    files = sorted((folder / "covariance").glob("*.safetensors"))
+    projection = next(k for k in clip.cond_stage_model.state_dict() if k.endswith("text_projection.weight"))
+    reloaded = _clip_copy(clip, garbage_projection=True)
+    assert not torch.equal(reloaded.cond_stage_model.state_dict()[projection], clip.cond_stage_model.state_dict()[projection])
+    assert covariance_cache.covariance_for(reloaded, show_progress=False).key == first.key
+    fingerprint = pack.core.encoder_fingerprint
+    half = _clip_copy(clip, dtype=torch.bfloat16)
+    d_half = fingerprint.distance(covariance_cache.encoder_fingerprint(half), first.fingerprint)
+    assert 0 < d_half < fingerprint.TOLERANCE / 2, d_half          # bf16 storage AND compute: still one encoder
+    assert covariance_cache.covariance_for(half, show_progress=False).key == first.key
+    assert sorted((folder / "covariance").glob("*.safetensors")) == files     # nothing recomputed
+    # another encoder is far outside the tolerance
+    other = host.tiny_clip("sd1", seed=5)
+    assert fingerprint.distance(covariance_cache.encoder_fingerprint(other), first.fingerprint) > 10 * fingerprint.TOLERANCE
+
+
+def test_non_finite_encoder_is_refused_by_name(setup):
+    folder, model, clip, vae, images = setup
+    broken = _clip_copy(clip)
+    with torch.no_grad():
+        next(p for k, p in broken.cond_stage_model.named_parameters() if k.endswith("layers.1.mlp.fc2.weight")).fill_(float("nan"))
+    before = sorted(os.listdir(folder))
+    with pytest.raises(ConceptError, match=r"text encoder \(SD1ClipModel at layer last\) gives NaN or Inf"):
+        covariance_cache.covariance_for(broken, show_progress=False)
+    assert sorted(os.listdir(folder)) == before
+
+
+def test_training_records_the_clip_layer_and_the_covariance(setup):
+    """Trained behind CLIPSetLastLayer -2 (routine for SD1.5 anime checkpoints): the file says so, its
+    covariance is the one at -2, and it loads only where the CLIP encodes at -2."""
+    import nodes as comfy_nodes
+    folder, model, clip, vae, images = setup
+    clip2 = comfy_nodes.CLIPSetLastLayer().set_last_layer(clip, -2)[0]
+    args = dict(trigger="sks", superclass="teddy", steps=1, batch_size=1, grad_accumulation=1, lr_embedding=0.006,
+                lr_values=0.03, train_beta=0.75, train_tau=0.1, resolution=64, flip=True, masked_loss=True, seed=0,
+                filename="layer_minus_2")
+    with torch.inference_mode():
+        out = train_module.PerfusionTrainConcept().train(model, clip2, vae, images, **args)
+    name = out["result"][2]
+    meta = pack.core.concept_file.read_metadata(str(folder / name))
+    encoder = covariance_cache.covariance_for(clip2, show_progress=False)
+    assert meta["perfusion.clip_layer"] == "-2" and meta["perfusion.model"] == "sd1"
+    assert meta["perfusion.covariance_sha256"] == encoder.key
+    assert meta["perfusion.covariance_shrinkage"] == encoder.info["perfusion.covariance_shrinkage"]
+    assert float(meta["perfusion.covariance_condition"]) <= pack.core.covariance.MAX_CONDITION
+    assert pack.core.encoder_fingerprint.same_encoder(
+        pack.core.encoder_fingerprint.from_text(meta["perfusion.encoder_fingerprint"]), encoder.fingerprint)
+    Load().load(model, clip2, name, 1.0)
+    with pytest.raises(ConceptError, match="layer -2, but this CLIP encodes at layer -1"):
+        Load().load(model, clip, name, 1.0)
