@@ -12,7 +12,7 @@ weights like "(red hat:1.2)" parsed, long prompts split into 77-token chunks), f
 checkout in $COMFYUI_PATH. Needs no model weights and no GPU; a few seconds per 10k prompts.
 
     COMFYUI_PATH=/path/to/ComfyUI python bench/corpus_stats.py data/captions.txt [more.txt ...]
-        [--heldout bench/data/heldout_prompts.txt] [--growth] [--missing 25] [--out stats.md]
+        [--heldout bench/data/heldout_prompts.txt] [--growth] [--missing 25] [--rate 5 20] [--out stats.md]
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import statistics
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 DEFAULT_HELDOUT = os.path.join(HERE, "data", "heldout_prompts.txt")
-SEQUENCES_PER_SECOND = (10, 20)       # a full CLIP-L forward on a 2-core CPU, one 77-token sequence
+# Full-size CLIP-L (12 layers, fp32) sequences per second on a CPU: about 5 measured on 2 cores, up to
+# ~20 on a faster desktop CPU; a GPU does thousands. Used for the time estimate only (--rate).
+SEQUENCES_PER_SECOND = (5, 20)
 
 
 def comfy_tokenizer():
@@ -90,7 +91,8 @@ def ranges(positions):
     return ", ".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in out) or "none"
 
 
-def corpus_stats(name, prompts, tok: Tokenized, heldout: Tokenized | None, growth=False, missing=25):
+def corpus_stats(name, prompts, tok: Tokenized, heldout: Tokenized | None, growth=False, missing=25,
+                 rate=SEQUENCES_PER_SECOND):
     lengths = [len(w) for w in tok.words]
     n_chunks = sum(len(c) for c in tok.chunks)
     vocab = collections.Counter(t for w in tok.words for t in w)
@@ -111,8 +113,8 @@ def corpus_stats(name, prompts, tok: Tokenized, heldout: Tokenized | None, growt
         "positions with real tokens": f"{len(position_counts)}/{width} ({ranges(position_counts)})",
         "real tokens at position 76 / 60-76": f"{position_counts.get(width - 1, 0)} / "
                                               f"{sum(position_counts.get(p, 0) for p in range(60, width))}",
-        "est. CLIP-L time, 2-core CPU": f"{n_chunks / SEQUENCES_PER_SECOND[1] / 60:.0f}-"
-                                        f"{n_chunks / SEQUENCES_PER_SECOND[0] / 60:.0f} min",
+        f"CLIP-L encoding time at {rate[0]:g}-{rate[1]:g} seq/s": f"{n_chunks / rate[1] / 60:.0f}-"
+                                                                f"{n_chunks / rate[0] / 60:.0f} min",
     }
     lacking = []
     if heldout is not None:
@@ -146,6 +148,8 @@ def main():
     parser.add_argument("--heldout", default=DEFAULT_HELDOUT, help="held-out prompt file ('' to skip coverage)")
     parser.add_argument("--growth", action="store_true", help="distinct tokens after the first 1k, 2k, 4k ... prompts")
     parser.add_argument("--missing", type=int, default=25, help="how many uncovered held-out tokens to list")
+    parser.add_argument("--rate", type=float, nargs=2, default=SEQUENCES_PER_SECOND, metavar=("SLOW", "FAST"),
+                        help="text-encoder sequences per second for the time estimate")
     parser.add_argument("--out", default="", help="also write the report (markdown) to this file")
     args = parser.parse_args()
 
@@ -157,14 +161,14 @@ def main():
         held_prompts = read_lines(args.heldout)
         heldout = Tokenized(tokenizer, held_prompts)
         held_vocab = {t for w in heldout.words for t in w}
-        report.append(f"held-out set {os.path.relpath(args.heldout)}: {len(held_prompts)} prompts, "
+        report.append(f"held-out set {args.heldout}: {len(held_prompts)} prompts, "
                       f"{sum(len(w) for w in heldout.words)} word tokens, {len(held_vocab)} distinct, "
                       f"{sum(len(c) for c in heldout.chunks)} chunks")
     rows, extras = [], []
     for path in args.corpora:
         prompts = read_lines(path)
-        row, lacking, curve = corpus_stats(os.path.relpath(path), prompts, Tokenized(tokenizer, prompts), heldout,
-                                           args.growth, args.missing)
+        row, lacking, curve = corpus_stats(path, prompts, Tokenized(tokenizer, prompts), heldout,
+                                           args.growth, args.missing, tuple(args.rate))
         rows.append(row)
         if lacking:
             extras.append(f"held-out tokens missing from {row['corpus']} (occurrences): "

@@ -168,7 +168,7 @@ def gate_metrics(G, istar, word_ids, held, per_template, word_occurrences):
         su = s[unrelated]
         out[f"{name} E[s^2]"] = float(su.square().mean())
         out[f"{name} mean s"] = float(su.mean())
-        for setting, (beta, tau) in SETTINGS.items():
+        for setting, (beta, _) in SETTINGS.items():
             out[f"{name} open {setting}"] = float((su > beta).double().mean())
         beta, tau = SETTINGS["inference"]
         out[f"{name} mean gate"] = float(torch.sigmoid((su - beta) / tau).mean())
@@ -216,14 +216,15 @@ def tables(rows, seeds):
                      f"| {fmt(mean(c, 'pad mean gate'), 'e')} |")
     lines += ["", "### The concept and C (mean over words and seeds)", "",
               "| C from | positions in C | own s, templates: mean / min | own s, held-out occurrences: mean "
-              "| held-out occurrences with gate>0.5 (β .7) | BOS abs(s) | shrinkage ρ | cond(C) | cond(sample) | tokens |",
+              "| held-out occurrences with gate>0.5 (β .7) | BOS abs(s) | shrinkage ρ used (Ledoit-Wolf) | cond(C) "
+              "| cond(sample) | tokens |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for c in configs:
         corpus, positions = c.split(" / ")
         lines.append(f"| {corpus} | {positions} | {fmt(mean(c, 'own s templates mean'))} / "
                      f"{fmt(mean(c, 'own s templates min'))} | {fmt(mean(c, 'own s held-out mean'))} "
                      f"| {fmt(mean(c, 'own s held-out open'), '%')} | {fmt(mean(c, 'bos |s|'), 'e')} "
-                     f"| {fmt(mean(c, 'rho'), 'e')} | {fmt(mean(c, 'cond'), 'e')} | {fmt(mean(c, 'sample cond'), 'e')} "
+                     f"| {fmt(mean(c, 'rho'), 'e')} ({fmt(mean(c, 'rho lw'), 'e')}) | {fmt(mean(c, 'cond'), 'e')} | {fmt(mean(c, 'sample cond'), 'e')} "
                      f"| {fmt(mean(c, 'tokens'), 'e')} |")
     lines += ["", "### Per seed", "",
               "| seed | C from | positions in C | real E[s²] | real gate>0.5 (β .7) | pad E[s²] | pad gate>0.5 (β .7) "
@@ -286,7 +287,7 @@ def main():
               f"{int((~held['real']).sum())} padding positions; concepts {', '.join(args.words)} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
         D = istar.shape[1]
-        base = {"seed": seed, "config": "none (G = I) / -", "rho": float("nan"), "cond": 1.0,
+        base = {"seed": seed, "config": "none (G = I) / -", "rho": float("nan"), "rho lw": float("nan"), "cond": 1.0,
                 "sample cond": float("nan"), "tokens": float("nan")}
         rows.append({**base, **gate_metrics(torch.eye(D, dtype=torch.float64), istar, word_ids, held, per_template,
                                             word_occurrences)})
@@ -298,10 +299,11 @@ def main():
                 G = invert(est.covariance)
                 metrics = gate_metrics(G, istar, word_ids, held, per_template, word_occurrences)
                 rows.append({"seed": seed, "config": f"{name} / {positions}", "rho": est.intensity,
+                             "rho lw": est.ledoit_wolf,
                              "cond": est.condition, "sample cond": est.sample_condition, "tokens": est.tokens,
                              **metrics})
                 print(f"seed {seed}: {name} corpus, {positions} positions: {est.captions} captions, {est.tokens} "
-                      f"tokens, shrinkage {est.intensity:.3g}, cond {est.condition:.3g} "
+                      f"tokens, shrinkage {est.intensity:.3g} (Ledoit-Wolf {est.ledoit_wolf:.3g}), cond {est.condition:.3g} "
                       f"({time.perf_counter() - t1:.0f} s)", flush=True)
             cached.clear()
         notes.append(f"seed {seed}: {time.perf_counter() - t0:.0f} s")
