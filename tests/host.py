@@ -6,15 +6,18 @@ Importing this module skips the importing test module, visibly, when COMFYUI_PAT
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
 if not COMFYUI_PATH or not os.path.isfile(os.path.join(COMFYUI_PATH, "comfy", "model_patcher.py")):
-    pytest.skip("host test: set COMFYUI_PATH to a ComfyUI checkout (see ../shared/docs/HOST.md)",
+    pytest.skip("host test: set COMFYUI_PATH to a ComfyUI folder (with main.py and comfy/; see tests/run.sh)",
                 allow_module_level=True)
 
 # ComfyUI first on sys.path: its top-level `nodes` module must win over this pack's `nodes/` package.
@@ -28,6 +31,17 @@ from comfy.cli_args import args  # noqa: E402
 args.cpu = True
 import torch  # noqa: E402
 import comfy.model_management  # noqa: E402
+import folder_paths  # noqa: E402
+
+# Nothing is written into the ComfyUI checkout: nodes run in this process (PreviewImage's loss curves,
+# SaveImage) write to ComfyUI's temp/ and output/ folders unless told otherwise, so those go to a scratch
+# folder of this test run. Model folders are set per test.
+_SCRATCH = tempfile.mkdtemp(prefix="perfusion-host-")
+for _setter, _name in ((folder_paths.set_temp_directory, "temp"), (folder_paths.set_output_directory, "output"),
+                       (folder_paths.set_input_directory, "input"), (folder_paths.set_user_directory, "user")):
+    os.makedirs(os.path.join(_SCRATCH, _name))
+    _setter(os.path.join(_SCRATCH, _name))
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 
 from pack_loader import load_pack  # noqa: E402,F401
 from tiny_models import (SD15_CONTEXT, SD2_CONTEXT, SDXL_G, SDXL_L, SDXL_POOLED, init_random_, tiny_clip,  # noqa: E402,F401
