@@ -19,6 +19,7 @@ class PerfusionGateStrength:
     FUNCTION = "apply"
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with these gate settings for the chosen concepts (nothing re-patched).",)
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -21,6 +21,7 @@ class PerfusionGateSweep:
     FUNCTION = "sweep"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("grid",)
+    OUTPUT_TOOLTIPS = ("One image: a cell per beta (columns) and strength (rows), labelled.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -28,13 +29,16 @@ class PerfusionGateSweep:
             "model": ("MODEL", {"tooltip": "A model from 'Load Rank-1 Concept' (or 'Gate Strength')."}),
             "vae": ("VAE", {"tooltip": "To decode each cell."}),
             "positive": ("CONDITIONING", {"tooltip": "Encoded with the CLIP of 'Load Rank-1 Concept' (trigger word included)."}),
-            "negative": ("CONDITIONING",),
+            "negative": ("CONDITIONING", {"tooltip": "The negative prompt, as for KSampler."}),
             "latent_image": ("LATENT", {"tooltip": "Only its first image is used."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True}),
-            "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
-            "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
-            "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
-            "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True,
+                             "tooltip": "The noise seed, the same for every cell."}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 10000,
+                              "tooltip": "Sampling steps per cell (each cell is a full sampling run)."}),
+            "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                              "tooltip": "Classifier-free guidance scale, as for KSampler."}),
+            "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "The sampler, as for KSampler."}),
+            "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "The noise schedule, as for KSampler."}),
             "trigger": ("STRING", {"default": "", "tooltip": "The concept to sweep; empty = every concept on the model."}),
             "betas": ("STRING", {"default": "0.4, 0.5, 0.6, 0.7, 0.8", "tooltip": "Gate bias values, one column each."}),
             "strengths": ("STRING", {"default": "1.0", "tooltip": "Strength values, one row each."}),

@@ -29,9 +29,21 @@ def register_folder(folder: str, extensions: set) -> None:
     folder_paths.folder_names_and_paths[folder] = (paths, set(known) | extensions)
 
 
+def _server_running() -> bool:
+    try:
+        from server import PromptServer
+    except ImportError:
+        return False
+    return getattr(PromptServer, "instance", None) is not None
+
+
 def register() -> None:
+    """Registers the folders; in a running ComfyUI also creates the first folder of each (empty), the
+    one folder_paths lists first, which is where the pack writes."""
     register_folder(FOLDER, EXTENSIONS)
     register_folder(SUBJECT_FOLDER, set())          # its extensions: subject_adapter.register()
+    if not _server_running():                       # imported by tests or scripts: create nothing
+        return
     for folder in (FOLDER, SUBJECT_FOLDER):         # so a newcomer finds where files go
         first = folder_paths.get_folder_paths(folder)[0]
         try:

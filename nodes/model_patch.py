@@ -1,6 +1,7 @@
 """Puts a ConceptStack on a ComfyUI ModelPatcher.
 
-Mechanism (comfyui-notes.md 3.5): a PatcherInjection overrides ``forward`` on the *instances*
+Mechanism: a PatcherInjection (comfy.patcher_extension; ModelPatcher.inject_model / eject_model call it
+when the model is loaded / replaced) overrides ``forward`` on the *instances*
 ``attn2.to_k`` / ``attn2.to_v`` of every cross-attention layer. The override receives the raw context
 and calls the layer's own forward, so LoRA (merged or lowvram), weight casting, other packs'
 attn2 patches and attn2 replace patches (IPAdapter) all still apply. ComfyUI ejects the override

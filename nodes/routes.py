@@ -1,4 +1,5 @@
-"""HTTP routes for the web extension: GET /perfusion/concepts, GET /perfusion/checkpoint_family?name=."""
+"""HTTP routes for the web extension: GET /perfusion/concepts, GET /perfusion/checkpoint_family?name=,
+GET /perfusion/folders."""
 
 from __future__ import annotations
 
@@ -40,6 +41,17 @@ def checkpoint_family(name: str) -> dict:
     return {"name": name, "family": family, "context_dim": context}
 
 
+def model_folders() -> dict:
+    """Where each of the pack's file kinds is looked for (the first folder is where the pack writes), and
+    how many files each holds: the loaders' empty state names the folder."""
+    from . import subject_adapter
+    names = {model_folder.FOLDER: model_folder.concept_names()}
+    for folder in subject_adapter.FOLDERS:
+        names[folder] = [n for n in subject_adapter.adapter_names() if n.startswith(folder + "/")]
+    return {folder: {"paths": folder_paths.get_folder_paths(folder), "files": len(found)}
+            for folder, found in names.items()}
+
+
 def register() -> None:
     try:
         from aiohttp import web
@@ -57,3 +69,7 @@ def register() -> None:
     @server.routes.get("/perfusion/checkpoint_family")
     async def family(request):
         return web.json_response(checkpoint_family(request.query.get("name", "")))
+
+    @server.routes.get("/perfusion/folders")
+    async def folders(request):
+        return web.json_response(model_folders())

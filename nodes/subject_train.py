@@ -292,6 +292,9 @@ class SubjectReferenceTrain:
     OUTPUT_NODE = True
     RETURN_TYPES = ("SUBJECT_ADAPTER", "STRING", "IMAGE")
     RETURN_NAMES = ("adapter", "filename", "loss_curve")
+    OUTPUT_TOOLTIPS = ("The trained adapter, loaded from the saved file: connect it like 'Load Subject Adapter'.",
+                       "The saved file's name in models/subject_ref (for 'Load Subject Adapter' later).",
+                       "The loss per step, as an image.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -310,7 +313,8 @@ class SubjectReferenceTrain:
             "batch_size": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": "Images per step."}),
             "preset": (list(PRESETS), {"default": "lite", "tooltip": "full: gated attention and feed-forward in every block "
                                        "(Subject-Diffusion / GLIGEN); lite: attention only, about 3x smaller and faster."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "tooltip": "Same seed, same adapter (on one machine)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": False,
+                             "tooltip": "Same seed, same adapter (on one machine). Fixed: a new seed would train again."}),
             "filename": ("STRING", {"default": "my_subject_adapter", "tooltip": "Name of the file in models/subject_ref; never overwritten."}),
         }, "optional": {
             "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64,

@@ -1,9 +1,10 @@
 """Node "Train Perfusion Concept" (PerfusionTrainConcept): trains a concept inside the graph.
 
-ComfyUI runs nodes under torch.inference_mode() and its CLIP adds residuals in place
-(comfyui-notes.md 5.2, 4.4), so training runs in inference_mode(False) on a clone of the model and of
-the CLIP: their frozen weights are swapped once for ordinary tensors of the same values (inference
-tensors cannot be saved for backward), and the CLIP clone's layers get out-of-place residuals.
+ComfyUI runs nodes under torch.inference_mode() (execution.py) and its CLIPLayer adds residuals in
+place (``x += ...`` in comfy/clip_model.py), so training runs in inference_mode(False) on a clone of
+the model and of the CLIP: their frozen weights are swapped once for ordinary tensors of the same
+values (inference tensors cannot be saved for backward), and the CLIP clone's layers get out-of-place
+residuals.
 """
 
 from __future__ import annotations
@@ -408,6 +409,10 @@ class PerfusionTrainConcept:
     OUTPUT_NODE = True
     RETURN_TYPES = ("MODEL", "CLIP", "STRING", "IMAGE")
     RETURN_NAMES = ("model", "clip", "filename", "loss_curve")
+    OUTPUT_TOOLTIPS = ("The model with the new concept applied (strength 1): a sampler can follow right away.",
+                       "The CLIP that knows the new trigger word: encode prompts with it.",
+                       "The saved file's name in models/perfusion (for 'Load Rank-1 Concept' later).",
+                       "The loss per step, as an image.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -428,7 +433,8 @@ class PerfusionTrainConcept:
             "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "Training resolution (512 for SD1.5, 1024 for SDXL); photos are centre-cropped."}),
             "flip": ("BOOLEAN", {"default": True, "tooltip": "Random horizontal flips (turn off for asymmetric subjects, e.g. text)."}),
             "masked_loss": ("BOOLEAN", {"default": True, "tooltip": "With masks: learn only from the subject's pixels."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "tooltip": "Same seed, same concept (on one machine)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": False,
+                             "tooltip": "Same seed, same concept (on one machine). Fixed: a new seed would train again."}),
             "filename": ("STRING", {"default": "my_concept", "tooltip": "Name of the file in models/perfusion; never overwritten."}),
         }, "optional": {
             "masks": ("MASK", {"tooltip": "One mask per image, white on the subject."}),

@@ -3,6 +3,7 @@ against the real ComfyUI server with this pack: the extension registers, the Gat
 render and change their values, the example workflows load without missing nodes, a concept's file
 info shows on its node; screenshots are saved."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -168,3 +169,324 @@ def test_a_concept_for_another_family_is_flagged_before_queueing(page):
     page.wait_for_timeout(1000)
     match = page.evaluate(LOAD_AND_WAIT, [flag_workflow("fake_sd15.safetensors"), "sd1"])
     assert 'trigger "sks"' in match[0] and not any("made for" in str(x) for x in match) and match[-1] is False, match
+
+
+class Prefix(str):
+    """An intended text value given by its beginning (notes and long prompts)."""
+
+
+# What every widget of every template should hold once the frontend has loaded it, by name: the
+# template's widgets_values must land in these slots (a "control after generate" widget the template
+# does not expect shifts every later value by one).
+INTENDED = {
+    "Perfusion - Train a Concept from Photos.json": {
+        1: {"ckpt_name": "v1-5-pruned-emaonly.safetensors"},
+        2: {"folder": "my_subject", "resize_method": "None"},
+        3: {"trigger": "sks", "superclass": "teddy", "steps": 400, "batch_size": 4, "grad_accumulation": 4,
+            "lr_embedding": 0.006, "lr_values": 0.03, "train_beta": 0.75, "train_tau": 0.1, "resolution": 512,
+            "flip": True, "masked_loss": True, "seed": 0, "filename": "my_concept", "gradient_checkpointing": False},
+        4: {},
+        5: {"text": "a photo of sks on a wooden table in a garden"},
+        6: {"text": "blurry, low quality"},
+        7: {"width": 512, "height": 512, "batch_size": 1},
+        8: {"seed": 42, "control_after_generate": "fixed", "steps": 30, "cfg": 7, "sampler_name": "euler",
+            "scheduler": "normal", "denoise": 1},
+        9: {},
+        10: {"filename_prefix": "perfusion-trained"},
+        11: {"text": Prefix("Train a concept from your photos\n")},
+    },
+    "Perfusion - Generate with One Concept.json": {
+        1: {"ckpt_name": "v1-5-pruned-emaonly.safetensors"},
+        2: {"concept_name": "my_concept.safetensors", "strength": 1},
+        3: {"trigger": "", "beta": 0.7, "tau": 0.15, "strength": 1, "key_lock": "local", "start_percent": 0,
+            "end_percent": 1, "preview on release": False},
+        4: {"text": "a photo of sks on a beach at sunset, detailed, sharp focus"},
+        5: {"text": "blurry, low quality, deformed"},
+        6: {"width": 512, "height": 512, "batch_size": 1},
+        7: {"seed": 42, "control_after_generate": "fixed", "steps": 30, "cfg": 7, "sampler_name": "euler",
+            "scheduler": "normal", "denoise": 1},
+        8: {},
+        9: {"filename_prefix": "perfusion"},
+        10: {"text": Prefix("Generate with one Perfusion concept\n")},
+    },
+    "Perfusion - Two Concepts in One Image.json": {
+        1: {"ckpt_name": "v1-5-pruned-emaonly.safetensors"},
+        2: {"concept_name": "first_concept.safetensors", "strength": 1},
+        3: {"concept_name": "second_concept.safetensors", "strength": 1},
+        4: {"trigger": "", "beta": 0.6, "tau": 0.15, "strength": 1, "key_lock": "local", "start_percent": 0,
+            "end_percent": 1, "preview on release": False},
+        5: {"text": "a photo of sks sitting next to ohwx in a garden"},
+        6: {"text": "blurry, low quality, deformed"},
+        7: {"width": 512, "height": 512, "batch_size": 1},
+        8: {"seed": 7, "control_after_generate": "fixed", "steps": 30, "cfg": 7, "sampler_name": "euler",
+            "scheduler": "normal", "denoise": 1},
+        9: {},
+        10: {"filename_prefix": "perfusion-two"},
+        11: {"text": Prefix("Two concepts in one image\n")},
+    },
+    "Perfusion - Gate Sweep Grid.json": {
+        1: {"ckpt_name": "v1-5-pruned-emaonly.safetensors"},
+        2: {"concept_name": "my_concept.safetensors", "strength": 1},
+        3: {"text": "a photo of sks wearing a tiny hat in a snowy forest"},
+        4: {"text": "blurry, low quality"},
+        5: {"width": 512, "height": 512, "batch_size": 1},
+        6: {"seed": 42, "control_after_generate": "fixed", "steps": 25, "cfg": 7, "sampler_name": "euler",
+            "scheduler": "normal", "trigger": "", "betas": "0.4, 0.5, 0.6, 0.7, 0.8", "strengths": "1.0", "tau": 0.15},
+        7: {"filename_prefix": "perfusion-gate-sweep"},
+        8: {"text": Prefix("Gate sweep: the fidelity / prompt-alignment trade-off\n")},
+    },
+    "Perfusion - Two Subject Photos and a Concept.json": {
+        1: {"ckpt_name": "v1-5-pruned-emaonly.safetensors"},
+        2: {"concept_name": "my_concept.safetensors", "strength": 1},
+        3: {"clip_name": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"},
+        4: {"adapter_name": "ipadapter/ip-adapter-plus_sd15.safetensors"},
+        5: {"image": "subject1_dog.png", "upload": "image"},
+        6: {"image": "subject2_cat.png", "upload": "image"},
+        7: {"x": 0.05, "y": 0.2, "width": 0.4, "height": 0.7, "weight": 0.8, "start_percent": 0, "end_percent": 1},
+        8: {"x": 0.55, "y": 0.2, "width": 0.4, "height": 0.7, "weight": 0.8, "start_percent": 0, "end_percent": 1},
+        9: {},
+        10: {"text": Prefix("a photo of sks ")},
+        11: {"text": "blurry, low quality, deformed"},
+        12: {"width": 512, "height": 512, "batch_size": 1},
+        13: {"seed": 42, "control_after_generate": "fixed", "steps": 30, "cfg": 7, "sampler_name": "euler",
+             "scheduler": "normal", "denoise": 1},
+        14: {},
+        15: {"filename_prefix": "perfusion-subjects"},
+        16: {"text": Prefix("Two subjects from reference photos, with a Perfusion concept\n")},
+    },
+}
+TEMPLATES = sorted(f for f in os.listdir(WORKFLOWS) if f.endswith(".json"))
+LOADERS = ("PerfusionLoadConcept", "SubjectReferenceLoader")
+
+# Loads a workflow and waits until every loader shows its text (it can make the node taller).
+LOAD_TEMPLATE = f"""async (workflow) => {{
+    const app = {APP};
+    await app.loadGraphData(workflow);
+    const loaders = () => app.graph._nodes.filter(n => {json.dumps(LOADERS)}.includes(n.type));
+    for (let i = 0; i < 100 && !loaders().every(n => n.perfusionLines !== undefined); i++)
+        await new Promise(r => setTimeout(r, 50));
+    app.canvas.setDirty(true, true);
+    app.canvas.draw(true, true);
+    return app.graph._nodes.map(n => ({{id: n.id, type: n.type, title: n.title, bounds: Array.from(n.getBounding()),
+        lines: n.perfusionLines ?? null, widgets: (n.widgets ?? []).map(w => [w.name, w.value])}}));
+}}"""
+
+
+def test_every_template_is_listed_in_the_intended_values():
+    assert sorted(INTENDED) == TEMPLATES
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_every_widget_of_every_template_holds_its_intended_value(page, name):
+    nodes = page.evaluate(LOAD_TEMPLATE, json.load(open(os.path.join(WORKFLOWS, name))))
+    intended = INTENDED[name]
+    assert sorted(n["id"] for n in nodes) == sorted(intended)
+    wrong = []
+    for node in nodes:
+        got, want = dict(node["widgets"]), intended[node["id"]]
+        if len(got) != len(node["widgets"]) or set(got) != set(want):
+            wrong.append((node["id"], node["type"], "widgets", [w for w, _ in node["widgets"]], sorted(want)))
+            continue
+        for widget, value in want.items():
+            ok = (isinstance(got[widget], str) and got[widget].startswith(value)) if isinstance(value, Prefix) \
+                else got[widget] == pytest.approx(value) if isinstance(value, float) else got[widget] == value
+            if not ok:
+                wrong.append((node["id"], node["type"], widget, got[widget], value))
+    assert wrong == [], wrong
+    trainers = [n for n in nodes if n["type"] in ("PerfusionTrainConcept", "SubjectReferenceTrain")]
+    assert all("control_after_generate" not in dict(n["widgets"]) for n in trainers)
+
+
+@contextlib.contextmanager
+def empty_model_folders(page):
+    """The browser server's models/perfusion without its concept files (models/ipadapter and
+    models/subject_ref are empty there anyway): a newcomer's first start."""
+    folder = page.base / "models" / "perfusion"
+    aside = page.base / "aside"
+    aside.mkdir(exist_ok=True)
+    moved = [f for f in folder.iterdir() if f.suffix == ".safetensors"]
+    for f in moved:
+        f.rename(aside / f.name)
+    try:
+        yield folder
+    finally:
+        for f in moved:
+            (aside / f.name).rename(f)
+
+
+def overlaps(nodes, gap=16):
+    """Pairs of nodes whose boxes (title bar included) come closer than `gap` pixels."""
+    out = []
+    for k, a in enumerate(nodes):
+        for b in nodes[k + 1:]:
+            (ax, ay, aw, ah), (bx, by, bw, bh) = a["bounds"], b["bounds"]
+            if ax < bx + bw + gap and bx < ax + aw + gap and ay < by + bh + gap and by < ay + ah + gap:
+                out.append((f"{a['id']} {a['title']}", f"{b['id']} {b['title']}", a["bounds"], b["bounds"]))
+    return out
+
+
+@pytest.mark.parametrize("folders", ["with files", "empty"])
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_no_two_nodes_of_a_template_overlap(page, name, folders):
+    """Checked as the frontend lays them out (its minimum sizes, the loaders' text included): with the test
+    concepts present, and on a first start with empty folders, where the loaders' text is longest."""
+    workflow = json.load(open(os.path.join(WORKFLOWS, name)))
+    with empty_model_folders(page) if folders == "empty" else contextlib.nullcontext():
+        nodes = page.evaluate(LOAD_TEMPLATE, workflow)
+    assert overlaps(nodes) == [], overlaps(nodes)
+
+
+# Draws a node's foreground on a real canvas and returns what was written where, with each text's width.
+DRAWN = """(node) => {
+    const ctx = document.createElement("canvas").getContext("2d");
+    const drawn = [];
+    const fillText = ctx.fillText.bind(ctx);
+    ctx.fillText = (text, x, y) => { drawn.push([text, x, y, ctx.measureText(text).width, ctx.fillStyle]); fillText(text, x, y); };
+    node.onDrawForeground(ctx);
+    return drawn;
+}"""
+
+
+def test_loaders_show_where_files_go_while_their_folders_are_empty(page):
+    with empty_model_folders(page) as folder:
+        state = page.evaluate(f"""async () => {{
+            {NEW_NODE}
+            const drawn = {DRAWN};
+            const load = newNode("PerfusionLoadConcept"), adapter = newNode("SubjectReferenceLoader");
+            const combo = load.widgets.find(w => w.name === "concept_name");
+            combo.value = "my_concept.safetensors"; combo.callback?.(combo.value);       // as a template opens
+            for (let i = 0; i < 50 && !(load.perfusionLines ?? []).join().includes("No concept")
+                                   || !(adapter.perfusionLines ?? []).length; i++)
+                await new Promise(r => setTimeout(r, 100));
+            return {{load: load.perfusionLines, adapter: adapter.perfusionLines, width: load.size[0],
+                     drawnLoad: drawn(load), drawnAdapter: drawn(adapter), adapterWidth: adapter.size[0]}};
+        }}""")
+    load, adapter = " ".join(state["load"]), " ".join(state["adapter"])
+    assert "No concept files in models/perfusion yet" in load and "Train Perfusion Concept" in load, load
+    assert str(folder) in load and "undefined" not in load and "no file information" not in load, load
+    assert "No adapter files yet" in adapter and "Train Subject Adapter" in adapter, adapter
+    assert str(page.base / "models" / "ipadapter") in adapter and str(page.base / "models" / "subject_ref") in adapter
+    for drawn, width in ((state["drawnLoad"], state["width"]), (state["drawnAdapter"], state["adapterWidth"])):
+        assert len(drawn) > 1 and all(x + w <= width for _, x, _, w, _ in drawn), (drawn, width)   # wrapped
+    page.screenshot(path=str(page.base / "empty_state.png"))
+    # The files are back: "Refresh" finds them, and a template's missing file says so.
+    lines = page.evaluate(f"""async () => {{
+        const app = {APP};
+        await app.refreshComboInNodes();
+        const load = app.graph._nodes.filter(n => n.type === "PerfusionLoadConcept").at(-1);
+        for (let i = 0; i < 50 && !(load.perfusionLines ?? []).join().includes("is not in"); i++)
+            await new Promise(r => setTimeout(r, 100));
+        return load.perfusionLines;
+    }}""")
+    assert '"my_concept.safetensors" is not in models/perfusion' in lines[0] and "2 concept files" in lines[0], lines
+
+
+def test_a_long_error_wraps_inside_the_node(page):
+    name = "a_concept_file_with_a_rather_long_name_that_is_not_a_safetensors_file.safetensors"
+    (page.base / "models" / "perfusion" / name).write_bytes(b"\x80\x04.")
+    try:
+        state = page.evaluate(f"""async (name) => {{
+            {NEW_NODE}
+            const node = newNode("PerfusionLoadConcept");
+            const combo = node.widgets.find(w => w.name === "concept_name");
+            combo.value = name; combo.callback?.(name);
+            for (let i = 0; i < 50 && !(node.perfusionLines ?? []).join().includes("⚠"); i++)
+                await new Promise(r => setTimeout(r, 100));
+            return {{lines: node.perfusionLines, drawn: ({DRAWN})(node), size: node.size, widgets: node.computeSize()[1]}};
+        }}""", name)
+    finally:
+        (page.base / "models" / "perfusion" / name).unlink()
+    assert state["lines"][0].startswith("⚠") and len(state["drawn"]) > 2, state
+    assert all(x + w <= state["size"][0] for _, x, _, w, _ in state["drawn"]), state
+    assert all(state["widgets"] < y <= state["size"][1] for _, _, y, _, _ in state["drawn"]), state   # below the widgets, inside
+
+
+def family_chain_workflow():
+    """Two checkpoint loaders, a LoRA loader between the first one and 'Load Rank-1 Concept' (sd1 concept)."""
+    workflow = flag_workflow("fake_sd15.safetensors")
+    checkpoint, load = workflow["nodes"]
+    checkpoint["outputs"][0]["links"] = [1]
+    second = json.loads(json.dumps(checkpoint))
+    second.update(id=3, pos=[80, 320], widgets_values=["fake_sdxl.safetensors"])
+    second["outputs"][0]["links"] = []
+    lora = {"id": 4, "type": "LoraLoaderModelOnly", "pos": [440, 120], "size": [300, 90], "flags": {}, "order": 1,
+            "mode": 0, "properties": {}, "widgets_values": ["none.safetensors", 1.0],
+            "inputs": [{"name": "model", "type": "MODEL", "link": 1}],
+            "outputs": [{"name": "MODEL", "type": "MODEL", "links": [2]}]}
+    load.update(pos=[800, 120])
+    load["inputs"][0]["link"] = 2
+    workflow.update(last_node_id=4, last_link_id=2, nodes=[checkpoint, load, second, lora],
+                    links=[[1, 1, 0, 4, 0, "MODEL"], [2, 4, 0, 2, 0, "MODEL"]])
+    return workflow
+
+
+def test_the_family_warning_follows_upstream_changes(page):
+    """Re-checked when the checkpoint upstream changes (its combo, or a value set without a callback,
+    as undo does), and when a link further up is changed, through a LoRA loader."""
+    steps = page.evaluate(f"""async (workflow) => {{
+        const app = {APP};
+        await app.loadGraphData(workflow);
+        const byId = (id) => app.graph.getNodeById(id);
+        const load = byId(2), first = byId(1), second = byId(3), lora = byId(4);
+        const settle = async () => {{
+            for (let i = 0; i < 8; i++) {{ app.canvas.setDirty(true, true); app.canvas.draw(true, true);
+                                            await new Promise(r => setTimeout(r, 100)); }}
+            return load.perfusionLines.some(l => l.includes("made for"));
+        }};
+        const out = [await settle()];
+        const combo = first.widgets.find(w => w.name === "ckpt_name");
+        combo.value = "fake_sdxl.safetensors"; combo.callback?.(combo.value);       // picked in the combo
+        out.push(await settle());
+        combo.value = "fake_sd15.safetensors";                                       // set without a callback
+        out.push(await settle());
+        second.connect(0, lora, 0);                                                  // the LoRA now reads the sdxl file
+        out.push(await settle());
+        first.connect(0, lora, 0);
+        out.push(await settle());
+        return out;
+    }}""", family_chain_workflow())
+    page.screenshot(path=str(page.base / "family_follows.png"))
+    assert steps == [False, True, False, True, False], steps
+
+
+@pytest.mark.parametrize("kind", ["PerfusionTrainConcept", "SubjectReferenceTrain"])
+def test_both_trainers_draw_their_step_and_loss(page, kind):
+    state = page.evaluate(f"""async (kind) => {{
+        {NEW_NODE}
+        const node = newNode(kind);
+        window.comfyAPI.api.api.dispatchCustomEvent("perfusion.train", {{node: String(node.id), step: 3, steps: 2000, loss: 0.5}});
+        await new Promise(r => setTimeout(r, 50));
+        const drawn = ({DRAWN})(node);
+        node.onExecuted?.({{text: ["done"]}});
+        return {{drawn, after: ({DRAWN})(node), size: node.size}};
+    }}""", kind)
+    assert [d[0] for d in state["drawn"]] == ["step 3 / 2000 · loss 0.5000"], state
+    assert state["after"] == []                                       # when done, the loss curve shows instead
+
+
+def test_template_browser_shows_a_thumbnail_and_a_title_for_every_template(page):
+    """Workflow > Browse Templates > ComfyUI-Perfusion: each card loads <template>.jpg (no 404) and is
+    titled by the file name (the only title frontend 1.27.10 reads for a custom node's template)."""
+    failed = []
+    listener = lambda r: failed.append((r.status, r.url)) if r.status >= 400 and "workflow_templates" in r.url else None  # noqa: E731
+    page.on("response", listener)
+    # Each step waits for its condition and goes on as soon as it holds; the limits are generous because
+    # on a loaded 2-core machine the dialog and its images can take well over 30 s to appear.
+    limit = 180000
+    try:
+        page.evaluate(f"() => {APP}.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        group = page.get_by_text("ComfyUI-Perfusion", exact=True).first
+        group.wait_for(state="visible", timeout=limit)
+        group.click(timeout=limit)
+        page.wait_for_function("""(n) => { const imgs = [...document.querySelectorAll('.template-card img')];
+            return imgs.length >= n && imgs.every(i => i.currentSrc && i.complete); }""",    # loaded, or failed
+                               arg=len(TEMPLATES), timeout=limit, polling=200)
+        cards = page.evaluate("""() => [...document.querySelectorAll('.template-card')].map(c =>
+            [c.querySelector('h3')?.innerText, c.querySelector('img')?.naturalWidth])""")
+        page.screenshot(path=str(page.base / "template_browser.png"))
+    finally:
+        page.keyboard.press("Escape")
+        page.remove_listener("response", listener)
+    assert failed == []
+    assert sorted(title for title, _ in cards) == sorted(t[:-5] for t in TEMPLATES), cards
+    assert all(width >= 256 for _, width in cards), cards
