@@ -73,9 +73,10 @@ class TrainingStack(ConceptStack):
     """A ConceptStack over live training tensors: the basis follows i*, the value targets are
     the Parameters themselves (gradients flow), nothing is cached across micro-batches."""
 
-    def __init__(self, trainable: TrainableConcept, beta: float, tau: float):
+    def __init__(self, trainable: TrainableConcept, beta: float, tau: float, strength: float = 1.0):
+        """``strength`` 0 trains the embedding alone (textual inversion: no K/V edit in the UNet)."""
         self.trainable = trainable
-        settings = {trainable.trigger: GateSettings(strength=1.0, beta=beta, tau=tau)}
+        settings = {trainable.trigger: GateSettings(strength=strength, beta=beta, tau=tau)}
         self._index = {p: k for k, p in enumerate(trainable.paths)}
         super().__init__([trainable.to_concept(beta, tau, "", {})], settings)
 

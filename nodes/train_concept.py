@@ -234,9 +234,11 @@ def _report(step, steps, loss):
 def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batch_size=4, grad_accumulation=4,
                   lr_embedding=0.006, lr_values=0.03, train_beta=0.75, train_tau=0.1, resolution=512, flip=True,
                   masked_loss=True, seed=0, filename="my_concept", masks=None, progress=True, on_step=None,
-                  gradient_checkpointing=False):
+                  gradient_checkpointing=False, train_values=True):
     """Trains and saves a concept; returns (path, trained concept, per-step losses). Writes nothing
-    unless it finishes."""
+    unless it finishes. ``train_values=False`` trains the token embedding alone with the K/V edit off
+    (textual inversion on the same code path: the toy-world benchmark's baseline; apply such a concept
+    at strength 0)."""
     trigger, superclass = trigger.strip(), superclass.strip()
     masks, family = _validate(images, masks, trigger, superclass, model)
     GateSettings(beta=train_beta, tau=train_tau).validated("Train Perfusion Concept")
@@ -324,7 +326,7 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
                             value_outputs = [m.to_v(e_super[None].to(device, _dtype(train_model)))
                                              for m in cross_attention_layers(train_model).values()]
                         trainable.initialise(e_super.to(device), [v.float() for v in value_outputs])
-                        stack = training.TrainingStack(trainable, train_beta, train_tau)
+                        stack = training.TrainingStack(trainable, train_beta, train_tau, 1.0 if train_values else 0.0)
                         train_model.set_injections(INJECTION_KEY, [Injection(stack)])
                         optimizer = torch.optim.AdamW(trainable.parameter_groups(lr_embedding, lr_values))
                     if not torch.isfinite(concept_encoding).all():
@@ -372,7 +374,8 @@ def train_concept(model, clip, vae, images, trigger, superclass, steps=400, batc
 
         info = {**encoder.concept_info(), "perfusion.steps": str(steps), "perfusion.train_beta": repr(float(train_beta)),
                 "perfusion.train_tau": repr(float(train_tau)), "perfusion.images": str(images.shape[0]),
-                "perfusion.seed": str(seed), "perfusion.final_loss": f"{losses[-1]:.6g}" if losses else "",
+                "perfusion.seed": str(seed), "perfusion.train_values": str(bool(train_values)).lower(),
+                "perfusion.final_loss": f"{losses[-1]:.6g}" if losses else "",
                 "perfusion.date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
         concept = trainable.to_concept(INFERENCE_BETA, INFERENCE_TAU, encoder.key, info)
     write_concept(path, concept)

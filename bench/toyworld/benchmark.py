@@ -1,0 +1,367 @@
+"""The toy-world benchmark: Perfusion against ComfyUI's LoRA trainer and textual inversion, on the same
+reference images and step budget, through the real nodes and KSampler, scored by the evaluator.
+
+    cd bench && COMFYUI_PATH=... python -m toyworld.benchmark            # 3 concepts x 3 seeds (about 2 h on 1 core)
+    cd bench && COMFYUI_PATH=... python -m toyworld.benchmark --quick    # 1 concept, 1 seed (minutes)
+
+Methods (all 5 reference images of a concept, no masks, no flips, ``STEPS`` optimizer steps of
+``BATCH`` images):
+- perfusion:  "Train Perfusion Concept" with the paper's learning rates and gate (beta 0.75, tau 0.1 in
+              training); sampled through "Load Rank-1 Concept" and "Gate Strength".
+- embedding:  textual inversion on the same code path (the trainer with the K/V edit off,
+              ``train_values=False``), sampled at Gate Strength's strength 0.
+- lora4/8:    core TrainLoraNode (rank 4 / 8, every UNet weight, its own MSE-on-x0 loss) with the caption
+              "a photo of a <trigger> <superclass>", its learning rate tuned on the held-out tuning concept
+              (``--tune-lora``); sampled through LoraModelLoader.
+Prompts (held out from training): the concept alone and four edits: another background, small, next to a
+second object, on the left. Perfusion and the embedding take the trigger in place of the shape word
+("a sks on a purple background"), LoRA its caption's "sks circle"; the base model with the superclass
+word gives the floor of fidelity and the ceiling of editability.
+
+Metrics: fidelity = the evaluator's probability of the target concept (mean over samples); editability =
+the evaluator's accuracy on each edit's attribute; leakage = the share of samples whose background is one
+of the references' on prompts that name no background (the base model's share is the chance level); file
+size, training time, peak memory above the loaded models. Errors are standard errors over runs
+(concepts x seeds), or over samples when there is one run.
+
+Writes ``results/toyworld/``: report.md, results.json, fidelity_editability.png and sample grids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy
+
+from . import graph
+from . import world
+
+STEPS, BATCH = 200, 8
+TRIGGERS = {"striped-circle": "sks", "split-square": "ohwx", "bullseye-circle": "bnha", "dotted-square": "klm"}
+PERFUSION_SWEEP = [(beta, 1.0) for beta in (0.0, 0.4, 0.7, 1.0, 1.4, 2.0)] + [(0.7, 0.5)]
+LORA_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
+LORA_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
+DEFAULT_LORA_RATE = 1e-3
+TAU = 0.15
+EDIT_BACKGROUND = {"striped-circle": "purple", "split-square": "orange", "bullseye-circle": "yellow", "dotted-square": "red"}
+SECOND = {"striped-circle": ("blue", "square"), "split-square": ("red", "circle"),
+          "bullseye-circle": ("purple", "triangle"), "dotted-square": ("yellow", "triangle")}
+RESULTS = os.path.join(graph.ROOT, "docs", "toyworld")            # the full run's report is committed
+QUICK_RESULTS = os.path.join(graph.ROOT, "bench", "results", "toyworld-quick")
+
+
+def prompt_set(concept: world.Concept, word: str):
+    """(name, prompt, {head: expected}) for the concept alone and its four edits."""
+    bg = EDIT_BACKGROUND[concept.name]
+    colour, shape = SECOND[concept.name]
+    return [("alone", f"a {word}", {}),
+            ("background", f"a {word} on a {bg} background", {"background": world.COLOUR_NAMES.index(bg)}),
+            ("small", f"a small {word}", {"size": world.SIZES.index("small")}),
+            ("second", f"a {word} and a small {colour} {shape}",
+             {"second": 1, "second_colour": world.COLOUR_NAMES.index(colour)}),
+            ("left", f"a {word} on the left", {"position": world.POSITIONS.index("left")})]
+
+
+def references(concept):
+    import torch
+    return torch.from_numpy(world.references(concept))
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 20 ms)."""
+
+    def __enter__(self):
+        import threading
+        self.base = self.peak = _rss()
+        self._stop = False
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop:
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.02)
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._thread.join()
+
+    @property
+    def above_base(self):
+        return self.peak - self.base
+
+
+def _rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+# --- training -----------------------------------------------------------------------------------------------
+
+class Trained:
+    """One trained concept: ``variant(setting)`` gives the (model, clip) to sample with."""
+
+    def __init__(self, method, concept, seed, seconds, peak, file_bytes, variant, word, settings, losses=None,
+                 lora=None):
+        self.method, self.concept, self.seed, self.lora = method, concept, seed, lora
+        self.seconds, self.peak, self.file_bytes = seconds, peak, file_bytes
+        self.variant, self.word, self.settings, self.losses = variant, word, settings, losses
+
+
+def train_perfusion(pack, base, concept, seed, train_values=True, steps=STEPS):
+    import torch
+    unet, clip, vae = base
+    trigger = TRIGGERS[concept.name]
+    name = f"{'perfusion' if train_values else 'embedding'}-{concept.name}-{seed}"
+    start = time.perf_counter()
+    with PeakRSS() as peak, torch.inference_mode():
+        path, _, losses = pack.nodes.train_concept.train_concept(
+            unet, clip, vae, references(concept), trigger, concept.superclass, steps=steps, batch_size=BATCH // 2,
+            grad_accumulation=2, resolution=64, flip=False, masked_loss=False, seed=seed, filename=name,
+            progress=False, train_values=train_values)
+    seconds = time.perf_counter() - start
+    filename = os.path.basename(path)
+
+    def variant(setting):
+        beta, strength = setting
+        model, patched_clip = pack.nodes.load_concept.PerfusionLoadConcept().load(unet, clip, filename, 1.0)
+        model = pack.nodes.gate_strength.PerfusionGateStrength().apply(
+            model, trigger, beta, TAU, strength if train_values else 0.0, "local", 0.0, 1.0)[0]
+        return model, patched_clip
+
+    settings = PERFUSION_SWEEP if train_values else [(0.7, 0.0)]
+    return Trained("perfusion" if train_values else "embedding", concept, seed, seconds, peak.above_base,
+                   os.path.getsize(path), variant, trigger, settings, losses)
+
+
+def train_lora(pack, base, concept, seed, rank, rate, steps=STEPS, work=None):
+    import torch
+    from safetensors.torch import save_file
+    from comfy_extras.nodes_train import LoraModelLoader, TrainLoraNode
+    unet, clip, vae = base
+    trigger = TRIGGERS[concept.name]
+    word = f"{trigger} {concept.superclass}"
+    with torch.inference_mode():
+        latents = graph.vae_encode(vae, references(concept))
+        positive = graph.encode(clip, f"a photo of a {word}")
+    start = time.perf_counter()
+    with PeakRSS() as peak, torch.inference_mode():
+        _, lora, loss, _ = TrainLoraNode().train(unet, {"samples": latents}, positive, BATCH // 2, steps, 2, rate, rank,
+                                                 "AdamW", "MSE", seed, "fp32", "fp32", "LoRA", False, "[None]")
+    seconds = time.perf_counter() - start
+    path = os.path.join(work or tempfile.mkdtemp(), f"lora{rank}-{concept.name}-{seed}.safetensors")
+    save_file({k: v.detach().float().contiguous() for k, v in lora.items()}, path)
+
+    def variant(strength):
+        with torch.inference_mode():
+            return LoraModelLoader().load_lora_model(unet, lora, strength)[0], clip
+
+    return Trained(f"lora{rank}", concept, seed, seconds, peak.above_base, os.path.getsize(path), variant, word,
+                   list(LORA_STRENGTHS), loss.get("loss"), lora=lora)
+
+
+# --- scoring ------------------------------------------------------------------------------------------------
+
+def score(net, model, clip, vae, concept, word, samples, seed, keep_grid=None):
+    """Per prompt: fidelity (mean P(target)), edit accuracy, reference-background share."""
+    from . import evaluator
+    target = world.ALL_CONCEPTS.index(concept) + 1
+    refs = [world.COLOUR_NAMES.index(b) for b in concept.backgrounds]
+    out = {}
+    for k, (name, prompt, expected) in enumerate(prompt_set(concept, word)):
+        images = graph.sample(model, clip, vae, prompt, samples, seed=seed * 7919 + k)
+        read = evaluator.read(net, images)
+        fidelity = read["concept"][:, target]
+        row = {"prompt": prompt, "fidelity": float(fidelity.mean()), "fidelity_se": float(fidelity.std() / samples ** 0.5)}
+        if expected:
+            ok = numpy.ones(samples, dtype=bool)
+            for head, cls in expected.items():
+                ok &= (read[head].argmax(1) == cls).numpy()
+            row["edit"] = float(ok.mean())
+        if name != "background":
+            bg = read["background"].argmax(1).numpy()
+            row["leak"] = float(numpy.isin(bg, refs).mean())
+        out[name] = row
+        if keep_grid is not None:
+            keep_grid.append((images, f"{prompt}  (fidelity {row['fidelity']:.2f})"))
+    return summarise(out)
+
+
+def summarise(per_prompt):
+    edits = [r["edit"] for r in per_prompt.values() if "edit" in r]
+    leaks = [r["leak"] for r in per_prompt.values() if "leak" in r]
+    return {"fidelity_alone": per_prompt["alone"]["fidelity"],
+            "fidelity_edits": float(numpy.mean([r["fidelity"] for n, r in per_prompt.items() if n != "alone"])),
+            "editability": float(numpy.mean(edits)), "leakage": float(numpy.mean(leaks)),
+            "per_prompt": per_prompt}
+
+
+# --- the run -------------------------------------------------------------------------------------------------
+
+class Progress:
+    def __init__(self, total):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+
+    def __call__(self, what, units=1):
+        self.done += units
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / max(self.done, 1e-9) * (self.total - self.done)
+        print(f"[{self.done:>4}/{self.total}] {elapsed / 60:5.1f} min, ~{eta / 60:4.1f} min left  {what}", flush=True)
+
+
+def tune_lora_rate(pack, base, net, samples, work, log=print):
+    """LoRA's learning rate, chosen on the tuning concept (never one of the scored ones) by the best
+    fidelity x editability at strength 1."""
+    concept = world.TUNING_CONCEPT
+    unet, clip, vae = base
+    scores = {}
+    for rate in LORA_RATES:
+        trained = train_lora(pack, base, concept, 0, 8, rate, work=work)
+        model, patched = trained.variant(1.0)
+        s = score(net, model, patched, vae, concept, trained.word, samples, seed=99)
+        scores[rate] = s
+        log(f"  LoRA rank 8 lr {rate:g}: fidelity {s['fidelity_alone']:.3f}, editability {s['editability']:.3f}")
+    best = max(scores, key=lambda r: scores[r]["fidelity_alone"] * scores[r]["editability"])
+    return best, {str(r): {k: v for k, v in s.items() if k != "per_prompt"} for r, s in scores.items()}
+
+
+def run(args):
+    import torch
+    work = tempfile.mkdtemp(prefix="toyworld-bench-")
+    pack = graph.setup(work)
+    from . import evaluator
+    from . import model as toy
+    from .pictures import grid
+    base = toy.load()
+    unet, clip, vae = base
+    net = evaluator.load()
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    concepts = world.CONCEPTS[:1] if args.quick else world.CONCEPTS
+    seeds = [0] if args.quick else [0, 1, 2]
+    samples = args.samples or (16 if args.quick else 32)
+    methods = ["perfusion", "embedding", "lora4", "lora8"]
+    lr_file = os.path.join(out, "lora_rate.json")
+    tuning = None
+    if args.tune_lora or not os.path.exists(lr_file):
+        if args.quick and not args.tune_lora:
+            rate = DEFAULT_LORA_RATE
+        else:
+            print("tuning LoRA's learning rate on the tuning concept ...", flush=True)
+            rate, tuning = tune_lora_rate(pack, base, net, samples, work)
+            with open(lr_file, "w") as f:
+                json.dump({"rate": rate, "scores": tuning, "samples": samples}, f, indent=1)
+    else:
+        rate = json.load(open(lr_file))["rate"]
+    settings_count = {"perfusion": len(PERFUSION_SWEEP), "embedding": 1, "lora4": len(LORA_STRENGTHS),
+                      "lora8": len(LORA_STRENGTHS)}
+    total = len(concepts) * (1 + len(seeds) * sum(1 + settings_count[m] for m in methods)) + (0 if args.quick else len(seeds) * 2)
+    progress = Progress(total)
+    results = {"config": {"steps": STEPS, "batch": BATCH, "samples": samples, "seeds": seeds, "lora_rate": rate,
+                          "concepts": [c.name for c in concepts], "sampler": graph.SAMPLER, "tau": TAU,
+                          "torch": torch.__version__, "quick": bool(args.quick)},
+               "baseline": {}, "runs": []}
+    grids = {}
+    for concept in concepts:
+        rows = []
+        results["baseline"][concept.name] = score(net, unet, clip, vae, concept, concept.superclass, samples, 0, rows)
+        grids.setdefault(concept.name, []).extend(rows[:3])
+        progress(f"base model, '{concept.superclass}' prompts ({concept.name})")
+        for seed in seeds:
+            for method in methods:
+                if method in ("perfusion", "embedding"):
+                    trained = train_perfusion(pack, base, concept, seed, train_values=method == "perfusion")
+                else:
+                    trained = train_lora(pack, base, concept, seed, int(method[4:]), rate, work=work)
+                progress(f"trained {method} on {concept.name}, seed {seed} ({trained.seconds:.0f} s)")
+                run_row = {"method": method, "concept": concept.name, "seed": seed, "seconds": trained.seconds,
+                           "peak_bytes": trained.peak, "file_bytes": trained.file_bytes, "settings": []}
+                for setting in trained.settings:
+                    model, patched = trained.variant(setting)
+                    rows = [] if seed == 0 and setting in ((0.7, 1.0), (0.7, 0.0), 1.0) else None
+                    s = score(net, model, patched, vae, concept, trained.word, samples, seed, rows)
+                    if rows:
+                        grids[concept.name].extend(rows[:3])
+                    run_row["settings"].append({"setting": setting, **s})
+                    progress(f"  {method} {setting}: fidelity {s['fidelity_alone']:.2f}, editability {s['editability']:.2f}")
+                results["runs"].append(run_row)
+    if not args.quick:
+        results["pairs"] = two_concepts(pack, base, net, samples, seeds, rate, work, progress)
+    for name, rows in grids.items():
+        grid([r[0] for r in rows], [r[1] for r in rows], os.path.join(out, f"samples_{name}.png"))
+    if tuning:
+        results["lora_tuning"] = tuning
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    from . import report
+    report.write(results, out)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote {out}/report.md ({(time.perf_counter() - progress.start) / 60:.1f} min)")
+
+
+def two_concepts(pack, base, net, samples, seeds, rate, work, progress):
+    """striped-circle (main) and split-square (second, small) in one prompt: Perfusion with two loaders,
+    LoRA (rank 8) with two LoRAs; fidelity of each and the background edit."""
+    import torch
+    from comfy_extras.nodes_train import LoraModelLoader
+    from . import evaluator
+    unet, clip, vae = base
+    a, b = world.CONCEPTS[0], world.CONCEPTS[1]
+    ia, ib = world.ALL_CONCEPTS.index(a) + 1, world.ALL_CONCEPTS.index(b) + 1
+    out = []
+    for seed in seeds:
+        for method in ("perfusion", "lora8"):
+            if method == "perfusion":
+                ta, tb = (train_perfusion(pack, base, c, seed) for c in (a, b))
+                model, patched = unet, clip
+                for t in (ta, tb):
+                    model, patched = pack.nodes.load_concept.PerfusionLoadConcept().load(
+                        model, patched, f"perfusion-{t.concept.name}-{seed}.safetensors", 1.0)
+                model = pack.nodes.gate_strength.PerfusionGateStrength().apply(model, "", 0.7, TAU, 1.0, "local", 0.0, 1.0)[0]
+                words = (ta.word, tb.word)
+            else:
+                ta, tb = (train_lora(pack, base, c, seed, 8, rate, work=work) for c in (a, b))
+                with torch.inference_mode():
+                    model = LoraModelLoader().load_lora_model(unet, ta.lora, 1.0)[0]
+                    model = LoraModelLoader().load_lora_model(model, tb.lora, 1.0)[0]
+                patched = clip
+                words = (ta.word, tb.word)
+            row = {"method": method, "seed": seed}
+            for name, prompt in (("pair", f"a {words[0]} and a small {words[1]}"),
+                                 ("pair_background", f"a {words[0]} and a small {words[1]} on a yellow background")):
+                images = graph.sample(model, patched, vae, prompt, samples, seed=seed * 31 + len(name))
+                read = evaluator.read(net, images)
+                row[name] = {"prompt": prompt, "fidelity_main": float(read["concept"][:, ia].mean()),
+                             "fidelity_second": float(read["second_concept"][:, ib].mean()),
+                             "second_present": float((read["second"].argmax(1) == 1).float().mean())}
+                if name == "pair_background":
+                    row[name]["edit"] = float((read["background"].argmax(1) == world.COLOUR_NAMES.index("yellow")).float().mean())
+            out.append(row)
+            progress(f"two concepts, {method}, seed {seed}: {row['pair']['fidelity_main']:.2f} / {row['pair']['fidelity_second']:.2f}")
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one concept, one seed, 16 samples per prompt")
+    parser.add_argument("--samples", type=int, default=0, help="samples per prompt (default 32; quick 16)")
+    parser.add_argument("--tune-lora", action="store_true", help="tune LoRA's learning rate again")
+    parser.add_argument("--out", default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick and args.out == RESULTS:
+        args.out = QUICK_RESULTS
+    run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The toy world (bench/toyworld/world.py) and its evaluator, without ComfyUI: deterministic scenes,
+captions over the world's words only, reference images as specified, and the committed evaluator
+reading clean renders."""
+
+import os
+import sys
+
+import numpy
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+sys.path.insert(0, BENCH)
+from toyworld import world  # noqa: E402
+
+WORDS = set(world.COLOUR_NAMES + world.SHAPES + world.SIZES) | {"a", "on", "background", "and", "small"}
+for phrase in list(world.POSITION_WORDS.values()) + list(world.PREFIXES):
+    WORDS.update(phrase.split())
+
+
+def test_batches_are_deterministic_for_a_seed():
+    a = world.batch(numpy.random.default_rng([3, 1]), 16)
+    b = world.batch(numpy.random.default_rng([3, 1]), 16)
+    c = world.batch(numpy.random.default_rng([4, 1]), 16)
+    assert numpy.array_equal(a[0], b[0]) and a[1] == b[1]
+    assert not numpy.array_equal(a[0], c[0])
+    assert a[0].shape == (16, 64, 64, 3) and a[0].dtype == numpy.float32
+    assert 0.0 <= a[0].min() and a[0].max() <= 1.0
+
+
+def test_captions_use_only_world_words_and_never_name_a_pattern():
+    rng = numpy.random.default_rng(0)
+    texts = [world.training_pair(rng)[1] for _ in range(500)]
+    used = {w for t in texts for w in t.split()}
+    assert used <= WORDS, used - WORDS
+    assert not used & {"striped", "split", "bullseye", "dot", "dotted", "sks"}
+    assert 20 < sum(t == "" for t in texts) < 80          # ~10% empty captions, for classifier-free guidance
+
+
+def test_pretraining_scenes_hold_no_concept():
+    rng = numpy.random.default_rng(1)
+    for _ in range(300):
+        scene, _ = world.random_scene(rng)
+        assert scene.main.concept is None and (scene.second is None or scene.second.concept is None)
+
+
+@pytest.mark.parametrize("concept", world.ALL_CONCEPTS, ids=lambda c: c.name)
+def test_references_sit_on_the_concepts_two_backgrounds(concept):
+    refs = world.references(concept)
+    assert refs.shape == (5, 64, 64, 3)
+    corners = refs[:, 1, 1] * 255
+    for k, corner in enumerate(corners):
+        expected = numpy.array(world.COLOURS[concept.backgrounds[0 if k < 3 else 1]])
+        assert numpy.abs(corner - expected).max() < 30, (k, corner, expected)
+    assert numpy.array_equal(refs, world.references(concept))
+
+
+def test_labels_name_the_scene():
+    rng = numpy.random.default_rng(2)
+    concept = world.CONCEPTS[1]
+    scene, position = world.random_scene(rng, concept, background="green", position="left", second=("red", "circle"))
+    labels = scene.labels()
+    assert labels["concept"] == world.ALL_CONCEPTS.index(concept) + 1 and labels["colour"] == -1
+    assert labels["background"] == world.COLOUR_NAMES.index("green")
+    assert labels["position"] == world.POSITIONS.index("left") and labels["size"] == world.SIZES.index("large")
+    assert labels["second"] == 1 and labels["second_colour"] == world.COLOUR_NAMES.index("red")
+    assert world.distractor(rng) not in world.ALL_CONCEPTS
+
+
+def test_the_committed_evaluator_reads_clean_renders():
+    torch = pytest.importorskip("torch")
+    from toyworld import evaluator
+    if not os.path.exists(evaluator.WEIGHTS):
+        pytest.fail(f"{evaluator.WEIGHTS} is missing: run `python -m toyworld.evaluator` in bench/")
+    net = evaluator.load()
+    accuracy = evaluator.accuracy_on_renders(net, seed=5, count=200, degraded=False)
+    for head in ("background", "colour", "size", "concept", "second"):
+        assert accuracy[head] > 0.95, (head, accuracy)
+    images = torch.from_numpy(world.references(world.CONCEPTS[0]))
+    read = evaluator.read(net, images)
+    assert read["concept"].shape == (5, len(world.ALL_CONCEPTS) + 1)
+    assert (read["concept"].argmax(1) == 1).all()
