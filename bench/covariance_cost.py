@@ -8,7 +8,7 @@ optionally behind CLIPSetLastLayer, and reports:
     captions, Ledoit-Wolf intensity, the intensity used, cond(S) and cond(C).
 
     COMFYUI_PATH=/path/to/ComfyUI python bench/covariance_cost.py CHECKPOINT.safetensors
-        [--prompts N (default: the whole corpus)] [--clip-layer -2] [--corpus data/captions.txt]
+        [--prompts N (default: the whole corpus)] [--clip-layer -2] [--corpus data/captions.txt] [--device cpu|cuda]
 
 A CPU user pays the corpus once per text encoder (the result is cached in models/perfusion/covariance).
 """
@@ -30,9 +30,11 @@ def main():
     parser.add_argument("--prompts", type=int, default=0, help="first N prompts of the corpus (0: all)")
     parser.add_argument("--clip-layer", type=int, default=None)
     parser.add_argument("--corpus", default=None)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
 
-    import host                                   # ComfyUI from COMFYUI_PATH, CPU semantics
+    os.environ["PERFUSION_TEST_DEVICE"] = args.device
+    import host                                   # ComfyUI from COMFYUI_PATH, on args.device
     import torch
     import comfy.sd
     pack = host.load_pack()

@@ -147,9 +147,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--unet-rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
     import torch
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
     sys.path.insert(0, ROOT)

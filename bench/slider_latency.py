@@ -6,7 +6,7 @@ What ComfyUI re-executes after each change is reproduced in process: the changed
 Strength, or the LoRA loader and everything after it), then the sampler; a model wrapper stamps the
 first UNet call. Values alternate so nothing is served from a cache.
 
-    COMFYUI_PATH=... python bench/slider_latency.py [--rounds 5]
+    COMFYUI_PATH=... python bench/slider_latency.py [--rounds 5] [--device auto|cpu|cuda]
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ ROOT = os.path.dirname(HERE)
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: the GPU when torch sees one")
     args = parser.parse_args()
     if not os.environ.get("COMFYUI_PATH"):
         sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
@@ -33,7 +35,9 @@ def main():
     comfy.options.enable_args_parsing(False)
     import torch
     from comfy.cli_args import args as comfy_args
-    comfy_args.cpu = not torch.cuda.is_available()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device")
+    comfy_args.cpu = args.device == "cpu" or not torch.cuda.is_available()
     import comfy.lora
     import comfy.model_management
     import comfy.model_patcher

@@ -30,7 +30,7 @@
 Configurations are interleaved round by round and the median is reported.
 
     COMFYUI_PATH=/path/to/ComfyUI python bench/subject_overhead.py [--latent 64] [--rounds 3] [--warmup 1]
-        [--encode-runs 3] [--threads N] [--shallow-vision] [--skip-unet] [--skip-encoder]
+        [--encode-runs 3] [--threads N] [--shallow-vision] [--skip-unet] [--skip-encoder] [--device cpu|cuda]
 
 The default run takes about 7.5 minutes on a quiet 2-core CPU (11 s per forward);
 --latent 32 --shallow-vision is a quick check.
@@ -169,6 +169,7 @@ def main():
                              "encoder times not meaningful)")
     parser.add_argument("--skip-unet", action="store_true")
     parser.add_argument("--skip-encoder", action="store_true")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
     comfy_path = os.environ.get("COMFYUI_PATH")
     if not comfy_path:
@@ -180,7 +181,9 @@ def main():
     comfy.options.enable_args_parsing(False)
     import torch
     from comfy.cli_args import args as comfy_args
-    comfy_args.cpu = True
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device")
+    comfy_args.cpu = args.device == "cpu"
     if args.threads:
         torch.set_num_threads(args.threads)
     import comfy.model_management
@@ -198,7 +201,7 @@ def main():
     from safetensors.torch import save_file
     Encoder, Apply = pack.nodes.SubjectReferenceEncoder, pack.nodes.SubjectReferenceApply
     log = lambda *a: print(*a, file=sys.stderr, flush=True)    # noqa: E731 - progress, off the report
-    print(f"torch {torch.__version__}, cpu, threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, {args.device}, threads {torch.get_num_threads()}")
 
     t0 = time.perf_counter()
     load_device = comfy.model_management.get_torch_device()

@@ -8,7 +8,7 @@ different step counts; the step time is the difference divided by the extra step
 Peak memory is the peak resident set (CPU) or max_memory_allocated (CUDA) during training, above the
 level after the models were built.
 
-    COMFYUI_PATH=... python bench/train_vs_lora.py [--resolution 256] [--batch 1] [--steps 2 6]
+    COMFYUI_PATH=... python bench/train_vs_lora.py [--resolution 256] [--batch 1] [--steps 2 6] [--device auto|cpu|cuda]
 """
 
 from __future__ import annotations
@@ -54,14 +54,16 @@ class PeakRSS:
         self.thread.join()
 
 
-def worker(which, steps, resolution, batch, out):
+def worker(which, steps, resolution, batch, out, device_choice="auto"):
     sys.path.insert(0, os.environ["COMFYUI_PATH"])
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import comfy.options
     comfy.options.enable_args_parsing(False)
     import torch
     from comfy.cli_args import args
-    args.cpu = not torch.cuda.is_available()
+    if device_choice == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device")
+    args.cpu = device_choice == "cpu" or not torch.cuda.is_available()
     import comfy.model_management
     import comfy.model_patcher
     import comfy.sd
@@ -130,10 +132,12 @@ def main():
     parser.add_argument("--steps", type=int, nargs=2, default=[2, 6])
     parser.add_argument("--worker", nargs=2, metavar=("WHICH", "STEPS"))
     parser.add_argument("--out")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: the GPU when torch sees one")
     args = parser.parse_args()
     if args.worker:
         which = args.worker[0]
-        worker(which, int(args.worker[1]), args.resolution, args.batch, args.out)
+        worker(which, int(args.worker[1]), args.resolution, args.batch, args.out, args.device)
         return
     if not os.environ.get("COMFYUI_PATH"):
         sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
@@ -144,7 +148,7 @@ def main():
         for steps in args.steps:
             out = tempfile.mktemp(suffix=".json")
             subprocess.run([sys.executable, __file__, "--worker", which, str(steps), "--out", out,
-                            "--resolution", str(args.resolution), "--batch", str(args.batch)], check=True,
+                            "--resolution", str(args.resolution), "--batch", str(args.batch), "--device", args.device], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             with open(out) as f:
                 results[(which, steps)] = json.load(f)

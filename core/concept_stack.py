@@ -28,18 +28,42 @@ SUPER_CONTEXT_KEY = "perfusion_superclass_context"
 
 
 class ForwardPlan:
-    """One forward's strength, beta and tau for every concept (float32 [N]; off concepts have 0)."""
+    """One forward's strength, beta and tau for every concept (float32 [N]; off concepts have 0).
 
-    def __init__(self, indices, strength, beta, tau, global_lock):
+    ``windows``: for a plan made against the sampler's sigma *tensor* (apply_model_wrapper), the
+    (sigma high, sigma low) bounds [2, N] of each concept's schedule (unscheduled: +inf, -inf). They
+    are applied on the device, per forward (``parameters(device, sigma)``): the sampling path never
+    reads a tensor value on the host, so it never waits for the device (no per-step sync)."""
+
+    def __init__(self, indices, strength, beta, tau, global_lock, windows=None):
         self.indices = tuple(indices)
         self.global_lock = global_lock
         self._values = torch.tensor([strength, beta, tau], dtype=torch.float32)
+        self._windows = None if windows is None else torch.tensor(windows, dtype=torch.float32)
         self._on_device = {}
 
-    def parameters(self, device):
+    @property
+    def scheduled(self) -> bool:
+        return self._windows is not None
+
+    def parameters(self, device, sigma=None):
+        """(strength, beta, tau) on ``device``; with ``sigma`` (this forward's timestep tensor, on the
+        device) a scheduled concept's strength is 0 outside its window, computed there."""
         if device not in self._on_device:
-            self._on_device[device] = tuple(self._values.to(device).unbind(0))
-        return self._on_device[device]
+            windows = None if self._windows is None else self._windows.to(device)
+            self._on_device[device] = (tuple(self._values.to(device).unbind(0)), windows)
+        (strength, beta, tau), windows = self._on_device[device]
+        if windows is not None and sigma is not None:
+            current = sigma.detach().max().to(device=strength.device, dtype=torch.float32)
+            strength = strength * ((current <= windows[0]) & (current >= windows[1]))
+        return strength, beta, tau
+
+    def release(self):
+        """Drop the copies made for a device (the model was offloaded); made again when next used."""
+        self._on_device = {}
+
+
+_UNSCHEDULED = (float("inf"), float("-inf"))
 
 
 class ConceptStack:
@@ -65,7 +89,7 @@ class ConceptStack:
         self._percent_sigma = {}
         self.defaults = dict(defaults)
         self.default_plan = self.plan(self.defaults)
-        self._current = None            # (plan, superclass context) inside a sampler forward
+        self._current = None            # (plan, superclass context, sigma tensor) inside a sampler forward
         self._cached = None             # (context, plan, superclass context, EditedInputs)
         self._warned_global = False
 
@@ -76,24 +100,36 @@ class ConceptStack:
         A concept that is off (strength 0, or outside its schedule window) stays in the joint
         projection with lambda = 0, exactly as in the formula: turning one concept down to 0 moves
         the others continuously, and only all-zero skips the edit (bit-identical to the base model).
+
+        ``sigma``: a number (or a callable giving one) decides the schedule here, on the host; a
+        tensor (the sampler's timestep, on the device) is never read here: the plan carries the
+        windows and ``parameters(device, sigma)`` applies them on the device. With lambda = 0 the
+        edited K and V equal the plain ones bit for bit, so both give the same result.
         """
-        values = []
+        on_device = torch.is_tensor(sigma)
+        values, windows = [], []
         for trigger in self.triggers:
             s: GateSettings = settings.get(trigger) or self.defaults.get(trigger) or GateSettings()
-            strength = s.strength
+            strength, window = s.strength, _UNSCHEDULED
             if strength != 0.0 and s.scheduled and sigma is not None and percent_to_sigma is not None:
-                current = float(sigma() if callable(sigma) else sigma)
-                if current > self._sigma_at(percent_to_sigma, s.start_percent) or \
-                        current < self._sigma_at(percent_to_sigma, s.end_percent):
-                    strength = 0.0
+                high, low = self._sigma_at(percent_to_sigma, s.start_percent), self._sigma_at(percent_to_sigma, s.end_percent)
+                if on_device:
+                    window = (high, low)
+                else:
+                    current = float(sigma() if callable(sigma) else sigma)
+                    if current > high or current < low:
+                        strength = 0.0
             values.append((strength, s.beta, s.tau, s.key_lock == "global" and strength != 0.0))
+            windows.append(window)
         if all(v[0] == 0.0 for v in values):
             return None
-        key = tuple(values)
+        scheduled = any(w != _UNSCHEDULED for w in windows)
+        key = (tuple(values), tuple(windows) if scheduled else None)
         plan = self._plans.get(key)
         if plan is None:
             strength, beta, tau, lock = zip(*values)
-            plan = self._plans[key] = ForwardPlan(range(len(self.triggers)), strength, beta, tau, any(lock))
+            plan = self._plans[key] = ForwardPlan(range(len(self.triggers)), strength, beta, tau, any(lock),
+                                                  [list(bound) for bound in zip(*windows)] if scheduled else None)
         return plan
 
     def _sigma_at(self, percent_to_sigma, percent):
@@ -102,9 +138,10 @@ class ConceptStack:
             self._percent_sigma[key] = float(percent_to_sigma(percent))
         return self._percent_sigma[key]
 
-    def begin_forward(self, plan, superclass_context=None):
+    def begin_forward(self, plan, superclass_context=None, sigma=None):
+        """``sigma``: this forward's timestep tensor, for a plan with schedule windows."""
         previous = self._current
-        self._current, self._cached = (plan, superclass_context), None
+        self._current, self._cached = (plan, superclass_context, sigma), None
         return previous
 
     def end_forward(self, previous):
@@ -116,8 +153,14 @@ class ConceptStack:
         self._edited(context)
 
     def release(self):
-        """Drop per-forward references (called when the edit is ejected)."""
+        """Drop per-forward references and every copy made for the model's device and dtype (called
+        when the edit is ejected: the model is unloaded, offloaded or replaced by another clone).
+        The CPU originals stay; the next forward makes the copies again where the model then is."""
         self._cached = None
+        self._bases = {key: basis for key, basis in self._bases.items() if key[-1] == torch.device("cpu")}
+        self._targets = {}
+        for plan in self._plans.values():
+            plan.release()
 
     # ---- the edit ----------------------------------------------------------------------------
     def _basis(self, indices, device):
@@ -141,7 +184,7 @@ class ConceptStack:
         return targets
 
     def _edited(self, context):
-        plan, superclass_context = self._current or (self.default_plan, None)
+        plan, superclass_context, sigma = self._current or (self.default_plan, None, None)
         if plan is None or context.shape[-1] != self.context_dim:
             return None, None
         cached = self._cached
@@ -155,8 +198,12 @@ class ConceptStack:
                 self._warned_global = True
                 log.warning("Perfusion: key_lock 'global' needs the prompt encoded by the CLIP output of "
                             "'Load Rank-1 Concept'; using local key locking for this prompt")
-        strength, beta, tau = plan.parameters(context.device)
-        edited = edit_inputs(context, self._basis(plan.indices, context.device), strength, beta, tau, key_context)
+        strength, beta, tau = plan.parameters(context.device, sigma)
+        # Scheduled concepts all outside their windows: global key locking is off too (as the host-side
+        # plan gives None then), decided on the device.
+        key_active = (strength != 0).any() if key_context is not None and plan.scheduled and sigma is not None else None
+        edited = edit_inputs(context, self._basis(plan.indices, context.device), strength, beta, tau, key_context,
+                             key_active=key_active)
         self._cached = (context, plan, superclass_context, edited)
         return plan, edited
 
@@ -182,9 +229,9 @@ class ConceptStack:
         superclass_context = kwargs.pop(SUPER_CONTEXT_KEY, None)
         settings = transformer_options.get(OPTIONS_KEY) or {}
         model_sampling = getattr(executor.class_obj, "model_sampling", None)
-        plan = self.plan(settings, sigma=lambda: t.max(),
-                         percent_to_sigma=getattr(model_sampling, "percent_to_sigma", None))
-        previous = self.begin_forward(plan, superclass_context)
+        # t stays on the device: schedule windows are applied there (ForwardPlan.parameters).
+        plan = self.plan(settings, sigma=t, percent_to_sigma=getattr(model_sampling, "percent_to_sigma", None))
+        previous = self.begin_forward(plan, superclass_context, t if plan is not None and plan.scheduled else None)
         try:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         finally:

@@ -110,16 +110,19 @@ def _input_edit(context: torch.Tensor, basis: ProjectionBasis, strength, beta, t
 
 def edit_inputs(context: torch.Tensor, basis: ProjectionBasis, strength: torch.Tensor,
                 beta: torch.Tensor, tau: torch.Tensor,
-                key_context: torch.Tensor | None = None) -> EditedInputs:
+                key_context: torch.Tensor | None = None, key_active: torch.Tensor | None = None) -> EditedInputs:
     """Edited K and V layer inputs for ``context`` [..., D] (any dtype; math in float32).
 
     ``strength``, ``beta``, ``tau``: float32 [N] on the context's device.
     ``key_context``: global key locking (spec 4.2): the keys come from the gated edit of this
     context (the prompt with every trigger replaced by its superclass) instead of ``context``.
+    ``key_active``: a bool tensor (on the device); where False the keys stay those of ``context``
+    (chosen on the device, without reading it on the host).
     """
     value_input, weighted_gates, key_input = _input_edit(context, basis, strength, beta, tau)
     if key_context is not None:
-        key_input = _input_edit(key_context, basis, strength, beta, tau)[2]
+        global_key = _input_edit(key_context, basis, strength, beta, tau)[2]
+        key_input = global_key if key_active is None else torch.where(key_active, global_key, key_input)
     dtype = context.dtype
     return EditedInputs(key_input.to(dtype), value_input.to(dtype), weighted_gates.to(dtype))
 

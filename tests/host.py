@@ -28,7 +28,18 @@ import comfy.options  # noqa: E402
 comfy.options.enable_args_parsing(False)
 from comfy.cli_args import args  # noqa: E402
 
-args.cpu = True
+# The device the host tests run on: the CPU (--cpu) unless PERFUSION_TEST_DEVICE=cuda (the GPU machine's
+# device check, scripts/device-check.sh). PERFUSION_TEST_VRAM: one of ComfyUI's memory modes (lowvram,
+# highvram, novram, normalvram), for this process and the servers the tests start.
+DEVICE = os.environ.get("PERFUSION_TEST_DEVICE", "cpu")
+VRAM = os.environ.get("PERFUSION_TEST_VRAM", "")
+if DEVICE not in ("cpu", "cuda") or VRAM not in ("", "lowvram", "highvram", "novram", "normalvram"):
+    raise SystemExit(f"PERFUSION_TEST_DEVICE={DEVICE!r} (cpu or cuda), PERFUSION_TEST_VRAM={VRAM!r} "
+                     "(lowvram, highvram, novram, normalvram or empty)")
+args.cpu = DEVICE == "cpu"
+if VRAM:
+    setattr(args, VRAM, True)
+SERVER_FLAGS = (["--cpu"] if DEVICE == "cpu" else []) + ([f"--{VRAM}"] if VRAM else [])
 import torch  # noqa: E402
 import comfy.model_management  # noqa: E402
 import folder_paths  # noqa: E402
@@ -75,9 +86,13 @@ def unet_output(model, context, x=None, sigma=1.0, seed=0, **extra):
     options = copy.deepcopy(model.model_options)
     options.setdefault("transformer_options", {})
     comfy.sampler_helpers.prepare_model_patcher(model, {}, options)
+    device = model.load_device          # the CPU here; the GPU under PERFUSION_TEST_DEVICE=cuda
+    extra = {k: v.to(device) if torch.is_tensor(v) else v for k, v in extra.items()}
     with torch.inference_mode():
-        return model.model.apply_model(x, torch.full((x.shape[0],), sigma), c_crossattn=context,
-                                       transformer_options=options["transformer_options"], **extra)
+        out = model.model.apply_model(x.to(device), torch.full((x.shape[0],), sigma, device=device),
+                                      c_crossattn=context.to(device), transformer_options=options["transformer_options"],
+                                      **extra)
+    return out.cpu()
 
 
 def cancel_at_step(step, seen):

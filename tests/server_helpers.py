@@ -30,7 +30,7 @@ class Server:
         # --base-directory: models/ and custom_nodes/ are the temporary folder's, so the pack's model folders
         # (made at start) land there, never in the ComfyUI checkout, and a pack cloned into the checkout's
         # custom_nodes/ is not loaded a second time beside the one given here.
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base),
+        cmd = [sys.executable, "main.py", *host.SERVER_FLAGS, "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base),
                "--extra-model-paths-config", str(base / "extra_model_paths.yaml"), "--disable-api-nodes",
                "--disable-auto-launch", "--database-url", "sqlite:///:memory:",
                "--output-directory", str(base / "output"), "--temp-directory", str(base / "temp"),

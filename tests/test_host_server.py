@@ -260,7 +260,7 @@ def test_the_pack_creates_its_model_folders_on_start(tmp_path):
     os.symlink(host.ROOT, tmp_path / "custom_nodes" / "ComfyUI-Perfusion")
     port = server_helpers.free_port()
     log = open(tmp_path / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+    process = subprocess.Popen([sys.executable, "main.py", *host.SERVER_FLAGS, "--listen", "127.0.0.1", "--port", str(port),
                                 "--base-directory", str(tmp_path), "--disable-api-nodes", "--disable-auto-launch",
                                 "--database-url", "sqlite:///:memory:"],
                                cwd=host.COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT)
