@@ -110,3 +110,23 @@ def reference_crop(image: torch.Tensor, subject_mask: torch.Tensor | None) -> to
     top, left = (side - h) // 2, (side - w) // 2
     canvas[top: top + h, left: left + w] = image
     return canvas[None]
+
+
+MS_REFERENCE_SIDE = 512        # MS-Diffusion's training squashes every reference to 512 x 512
+
+
+def ms_reference_crop(image: torch.Tensor, subject_mask: torch.Tensor | None, side: int = MS_REFERENCE_SIDE) -> torch.Tensor:
+    """The subject as MS-Diffusion's training showed it to CLIP: multiplied by its mask (subject on black),
+    cropped to the mask's bounding box, squashed (not padded) to a square. image [H, W, 3] 0..1 -> [1, side, side, 3]."""
+    image = image[..., :3].float().cpu()
+    if subject_mask is not None:
+        if subject_mask.shape != image.shape[:2]:
+            subject_mask = F.interpolate(subject_mask[None, None], size=image.shape[:2], mode="bilinear")[0, 0]
+        box = mask_bbox(subject_mask, "subject_mask")
+        image = image * subject_mask.clamp(0, 1)[..., None]
+        h, w = image.shape[:2]
+        top, left = round(box.y * h), round(box.x * w)
+        image = image[top: top + max(1, round(box.height * h)), left: left + max(1, round(box.width * w))]
+    square = F.interpolate(image.movedim(-1, 0)[None], size=(side, side), mode="bilinear", antialias=True,
+                           align_corners=False)
+    return square[0].movedim(0, -1).clamp(0, 1)[None]

@@ -1,7 +1,9 @@
 """Subject adapters in ComfyUI: the model folders, loading a file, and checking it fits a model.
 
-Files come from ``models/subject_ref`` (the pack's subjref.v1 files) and ``models/ipadapter``
-(IP-Adapter files, the folder other IP-Adapter packs use); extra_model_paths.yaml entries are kept.
+Files come from ``models/subject_ref`` (the pack's subjref.v1 files, MS-Diffusion's ``ms_adapter.bin``
+or its safetensors conversion) and ``models/ipadapter`` (IP-Adapter files, the folder other IP-Adapter
+packs use); extra_model_paths.yaml entries are kept. The kind is detected from the file's keys, never
+from its folder or name.
 The weights sit in their own ModelPatcher, which Apply attaches to the UNet's patcher so ComfyUI
 loads and offloads them together (lowvram included).
 """
@@ -19,17 +21,19 @@ import comfy.model_patcher
 import comfy.ops
 import comfy.utils
 
-from ..core import subjref_adapter
+from ..core import ms_diffusion, subjref_adapter
 from ..core.errors import SubjectError
 from ..core.ip_adapter import IPAdapter, split_state_dict
+from ..core.ms_diffusion import MSDiffusionAdapter
 from ..core.subject_layers import ip_layer_numbers, layer_key
 from .model_folder import register_folder
 from .model_patch import cross_attention_layers, model_family
 
 FOLDERS = ("subject_ref", "ipadapter")
 EXTENSIONS = {".safetensors", ".bin"}
-BACKEND_IP, BACKEND_SUBJREF = "ip", "subjref.v1"
+BACKEND_IP, BACKEND_SUBJREF, BACKEND_MS = "ip", "subjref.v1", "ms-diffusion"
 IP_MAX_SUBJECTS = 8
+MS_MAX_SUBJECTS = 8          # allowed; the released MS-Diffusion weights saw at most 4 (TRAINED_MAX_SUBJECTS)
 
 
 def register() -> None:
@@ -71,10 +75,12 @@ class LoadedAdapter:
 
     @property
     def max_subjects(self) -> int:
-        return self.module.config.max_subjects if self.backend == BACKEND_SUBJREF else IP_MAX_SUBJECTS
+        if self.backend == BACKEND_SUBJREF:
+            return self.module.config.max_subjects
+        return MS_MAX_SUBJECTS if self.backend == BACKEND_MS else IP_MAX_SUBJECTS
 
     def describe(self) -> str:
-        if self.backend == BACKEND_IP:
+        if self.backend in (BACKEND_IP, BACKEND_MS):
             return self.module.spec.describe()
         c = self.module.config
         return f"subject adapter {BACKEND_SUBJREF} ({c.family}, preset {c.preset})"
@@ -109,9 +115,14 @@ def load_adapter(path: str, name: str) -> LoadedAdapter:
         sd = comfy.utils.load_torch_file(path, safe_load=True)
     except Exception as e:      # noqa: BLE001 - any parser failure is a damaged file to the artist
         raise SubjectError(f"adapter '{name}' could not be read: {type(e).__name__}: {e}") from None
+    if not isinstance(sd, dict):
+        raise SubjectError(f"adapter '{name}' does not hold a dictionary of tensors; it cannot be used here")
+    if ms_diffusion.split_state_dict(sd) is not None:
+        return LoadedAdapter(BACKEND_MS, MSDiffusionAdapter.from_state_dict(sd, name, **_load_options()), name)
     if split_state_dict(sd) is None:
-        raise SubjectError(f"adapter '{name}' is neither an IP-Adapter file (image_proj.* / ip_adapter.* keys) "
-                           f"nor a subject adapter (metadata format '{subjref_adapter.FORMAT}'); it cannot be used here")
+        raise SubjectError(f"adapter '{name}' is neither an IP-Adapter file (image_proj.* / ip_adapter.* keys), "
+                           "an MS-Diffusion file (image_proj / ms_adapter / dummy_image_tokens) nor a subject "
+                           f"adapter (metadata format '{subjref_adapter.FORMAT}'); it cannot be used here")
     return LoadedAdapter(BACKEND_IP, IPAdapter.from_state_dict(sd, name, **_load_options()), name)
 
 
@@ -133,7 +144,7 @@ def check_fits(adapter: LoadedAdapter, model) -> dict:
     keys = _cross_attention_keys(model)
     family, context_dim = model_family(model)
     layers = cross_attention_layers(model)
-    if adapter.backend == BACKEND_IP:
+    if adapter.backend in (BACKEND_IP, BACKEND_MS):
         spec = adapter.module.spec
         if spec.context_dim != context_dim or len(spec.hidden) != len(keys):
             raise SubjectError(f"{adapter.label} is an {spec.describe()} with {len(spec.hidden)} cross-attention "

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import weakref
 
@@ -11,11 +12,12 @@ import torch.nn.functional as F
 
 from ..core.concept_text import PlaceholderTokenizer
 from ..core.errors import SubjectError
-from ..core.ip_adapter import FEATURE_EMBEDS
-from ..core.subject_regions import as_mask, reference_crop, resolve_box
+from ..core.ip_adapter import FEATURE_EMBEDS, FEATURE_PENULTIMATE
+from ..core.ms_diffusion import DEFAULT_SCALE, TRAINED_MAX_SUBJECTS
+from ..core.subject_regions import as_mask, ms_reference_crop, reference_crop, resolve_box
 from ..core.subjects import PLACEHOLDER, Subject, check_chain, validate_timing
 from . import subject_adapter
-from .subject_adapter import BACKEND_IP, load_adapter
+from .subject_adapter import BACKEND_IP, BACKEND_MS, load_adapter
 from .subject_patch import apply_subjects
 
 CATEGORY = "perfusion/subject reference"
@@ -25,9 +27,10 @@ _PLACEHOLDER = re.compile(r"<subject(\d+)>")
 
 
 class SubjectReferenceLoader:
-    DESCRIPTION = ("Loads a subject adapter: an IP-Adapter / IP-Adapter-Plus file (models/ipadapter) or a "
-                   "subject adapter trained with 'Train Subject Adapter' (models/subject_ref). The kind is "
-                   "detected from the file.")
+    DESCRIPTION = ("Loads a subject adapter: an IP-Adapter / IP-Adapter-Plus file (models/ipadapter), "
+                   "MS-Diffusion's ms_adapter.bin or its safetensors conversion (SDXL, with the ViT-bigG "
+                   "CLIP-vision model clip_vision_g), or a subject adapter trained with 'Train Subject Adapter' "
+                   "(models/subject_ref). The kind is detected from the file.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = ("SUBJECT_ADAPTER",)
@@ -38,7 +41,8 @@ class SubjectReferenceLoader:
     def INPUT_TYPES(cls):
         return {"required": {"adapter_name": (subject_adapter.adapter_names(), {
             "tooltip": "ipadapter/...: IP-Adapter files (SD1.5 / SDXL, base, plus, full). subject_ref/...: "
-                       "the pack's own adapters (format subjref.v1)."})}}
+                       "the pack's own adapters (format subjref.v1) and MS-Diffusion (ms_adapter.bin or its "
+                       ".safetensors conversion; SDXL, needs clip_vision_g)."})}}
 
     def load(self, adapter_name):
         return (load_adapter(subject_adapter.adapter_path(adapter_name), adapter_name),)
@@ -52,7 +56,8 @@ def _encode_vision(clip_vision, crop):
 def _feature_error(adapter, what, got, expected):
     return SubjectError(f"clip_vision gives {what} of width {got}, but {adapter.label} ({adapter.describe()}) "
                         f"needs {expected}; load the CLIP-vision model the adapter was trained with "
-                        "(ViT-H for most SD1.5 and the *_vit-h SDXL adapters, ViT-bigG for ip-adapter_sdxl)")
+                        "(ViT-H for most SD1.5 and the *_vit-h SDXL adapters, ViT-bigG (clip_vision_g) for "
+                        "ip-adapter_sdxl and MS-Diffusion)")
 
 
 _MEAN_IMAGE_FEATURES = weakref.WeakKeyDictionary()     # clip_vision -> {feature name: tensor}
@@ -97,6 +102,52 @@ def _subjref_tokens(adapter, clip_vision, out, box):
     return tokens[0].float(), embeds[0].float().cpu()
 
 
+def phrase_embedding(clip, phrase: str) -> torch.Tensor:
+    """The phrase encoded alone by the checkpoint's CLIP-L, its pooled output *without* the text projection
+    (final LayerNorm at the end token, as MS-Diffusion's ``text_encoder(ids).pooler_output``) -> [width]."""
+    tower = getattr(getattr(clip, "cond_stage_model", None), "clip_l", None)
+    if tower is None:
+        raise SubjectError("clip: this CLIP has no CLIP-L text encoder; MS-Diffusion reads the phrase with the "
+                           "SDXL checkpoint's CLIP-L: connect the checkpoint's CLIP")
+    tokens = clip.tokenize(phrase)
+    if "l" not in tokens:
+        raise SubjectError("clip: its tokenizer gives no CLIP-L tokens; connect the SDXL checkpoint's CLIP")
+    clip.load_model()
+    tower.reset_clip_options()
+    tower.set_clip_options({"projected_pooled": False})
+    try:
+        _, pooled = tower.encode_token_weights(tokens["l"])[:2]
+    finally:
+        tower.reset_clip_options()
+    if pooled is None:
+        raise SubjectError("clip: its CLIP-L gave no pooled output for the phrase")
+    return pooled[0].float().cpu()
+
+
+def _ms_tokens(adapter, clip_vision, clip, phrase, image, subject_mask, box, region):
+    spec = adapter.module.spec
+    phrase = (phrase or "").strip()
+    if not phrase:
+        raise SubjectError(f"phrase: {adapter.label} ({adapter.describe()}) needs the subject's phrase, one or "
+                           "a few words of what it is (e.g. 'dog', 'red backpack')")
+    if clip is None:
+        raise SubjectError(f"clip: {adapter.label} ({adapter.describe()}) encodes the phrase with the checkpoint's "
+                           "CLIP-L; connect the SDXL checkpoint's CLIP to the encoder")
+    embed = phrase_embedding(clip, phrase)
+    if embed.shape[-1] != spec.phrase_dim:
+        raise SubjectError(f"clip: its CLIP-L pooled output has width {embed.shape[-1]}, but {adapter.label} "
+                           f"({adapter.describe()}) reads phrases of width {spec.phrase_dim}; connect the CLIP of "
+                           "the SDXL checkpoint the adapter was trained for")
+    crop = ms_reference_crop(image[0], subject_mask)
+    out = _encode_vision(clip_vision, crop)
+    feature = out[FEATURE_PENULTIMATE]
+    if feature.shape[-1] != spec.feature_dim:
+        raise _feature_error(adapter, FEATURE_PENULTIMATE, feature.shape[-1], spec.feature_dim)
+    module = adapter.module
+    tokens = module.tokens(feature.float().cpu(), embed[None], box.xyxy()[None])
+    return tokens[0].float(), phrase
+
+
 class SubjectReferenceEncoder:
     DESCRIPTION = ("Encodes one subject once: its reference photo (background removed with the subject mask), "
                    "where it goes (a box or a region mask) and how strongly / when it acts. Chain encoders "
@@ -111,7 +162,8 @@ class SubjectReferenceEncoder:
     def INPUT_TYPES(cls):
         fraction = {"min": 0.0, "max": 1.0, "step": 0.01}
         return {"required": {
-            "clip_vision": ("CLIP_VISION", {"tooltip": "The CLIP-vision model the adapter was trained with (usually ViT-H)."}),
+            "clip_vision": ("CLIP_VISION", {"tooltip": "The CLIP-vision model the adapter was trained with (usually "
+                                                       "ViT-H; ViT-bigG, clip_vision_g, for MS-Diffusion)."}),
             "adapter": ("SUBJECT_ADAPTER", {"tooltip": "From 'Load Subject Adapter'."}),
             "image": ("IMAGE", {"tooltip": "A photo of the subject (the first image of a batch is used)."}),
             "x": ("FLOAT", {"default": 0.0, **fraction, "tooltip": "Box left edge, as a fraction of the generated image's width."}),
@@ -120,7 +172,8 @@ class SubjectReferenceEncoder:
                                 "use the region mask's or the subject mask's bounding box (whole image without masks)."}),
             "height": ("FLOAT", {"default": 0.0, **fraction, "tooltip": "Box height (fraction); see width."}),
             "weight": ("FLOAT", {"default": 0.8, "min": -1.0, "max": 3.0, "step": 0.05,
-                                 "tooltip": "How strongly the subject shows; 0 turns it off."}),
+                                 "tooltip": "How strongly the subject shows; 0 turns it off. MS-Diffusion: "
+                                            "multiplies Apply's scale (1 = the scale, MS-Diffusion's subject_scales)."}),
             "start_percent": ("FLOAT", {"default": 0.0, **fraction, "step": 0.001,
                                         "tooltip": "First step (fraction of sampling) where the subject acts."}),
             "end_percent": ("FLOAT", {"default": 1.0, **fraction, "step": 0.001,
@@ -131,11 +184,17 @@ class SubjectReferenceEncoder:
                                                  "Paint it in Load Image's mask editor; for a cut-out PNG (transparent "
                                                  "background) Load Image's MASK is the background: add Invert Mask."}),
             "region_mask": ("MASK", {"tooltip": "Where the subject goes in the generated image (overrides the box)."}),
-            "subjects": ("SUBJECTS", {"tooltip": "Subjects encoded before, to place several subjects in one image."}),
+            "subjects": ("SUBJECTS", {"tooltip": "Subjects encoded before, to place several subjects in one image. "
+                                                 f"MS-Diffusion was trained with at most {TRAINED_MAX_SUBJECTS} "
+                                                 "subjects per image: more are allowed, untested by its authors."}),
+            "clip": ("CLIP", {"tooltip": "MS-Diffusion only: the SDXL checkpoint's CLIP; its CLIP-L encodes the phrase."}),
+            "phrase": ("STRING", {"default": "", "tooltip": "MS-Diffusion only (required there): what the subject "
+                                  "is, in a word or a few ('dog', 'red backpack'). Encoded alone; the prompt need "
+                                  "not change, but naming the subject there helps."}),
         }}
 
     def encode(self, clip_vision, adapter, image, x, y, width, height, weight, start_percent, end_percent,
-               subject_mask=None, region_mask=None, subjects=None):
+               subject_mask=None, region_mask=None, subjects=None, clip=None, phrase=""):
         previous = tuple(subjects or ())
         if previous:
             check_chain(previous, adapter.id, adapter.label, None)
@@ -145,15 +204,25 @@ class SubjectReferenceEncoder:
         if image.ndim != 4 or image.shape[-1] < 3:
             raise SubjectError(f"image: expected an IMAGE [batch, height, width, 3], got {list(image.shape)}")
         validate_timing(weight, start_percent, end_percent)
+        if len(previous) + 1 > TRAINED_MAX_SUBJECTS and adapter.backend == BACKEND_MS:
+            logging.getLogger("perfusion").warning(
+                "Perfusion: subject %d on %s: MS-Diffusion was trained with at most %d subjects per image",
+                len(previous) + 1, adapter.label, TRAINED_MAX_SUBJECTS)
         if adapter.backend != BACKEND_IP and weight < 0:
             raise SubjectError(f"weight {weight}: a subject adapter ({adapter.describe()}) takes weights from 0 up")
         subject_mask, region = as_mask(subject_mask, "subject_mask"), as_mask(region_mask, "region_mask")
         box = resolve_box(x, y, width, height, subject_mask, region)
         if region is not None and not bool((region > 0).any()):
             raise SubjectError("region_mask is empty; paint where the subject goes white")
+        label = f"subject {len(previous) + 1}"
+        if adapter.backend == BACKEND_MS:
+            with torch.inference_mode():
+                tokens, phrase = _ms_tokens(adapter, clip_vision, clip, phrase, image, subject_mask, box, region)
+            subject = Subject(adapter.id, box, region, float(weight), start_percent, end_percent, tokens,
+                              label=f"{label} ('{phrase}')", extra={"phrase": phrase})
+            return (previous + (subject,),)
         crop = reference_crop(image[0], subject_mask)
         out = _encode_vision(clip_vision, crop)
-        label = f"subject {len(previous) + 1}"
         if adapter.backend == BACKEND_IP:
             tokens, plain = _ip_tokens(adapter, clip_vision, crop, out)
             subject = Subject(adapter.id, box, region, float(weight), start_percent, end_percent, tokens,
@@ -180,11 +249,18 @@ class SubjectReferenceApply:
             "model": ("MODEL", {"tooltip": "An SD1.x or SDXL model matching the adapter."}),
             "adapter": ("SUBJECT_ADAPTER", {"tooltip": "The adapter the subjects were encoded with."}),
             "subjects": ("SUBJECTS", {"tooltip": "From 'Subject Reference Encoder' (chain them for several subjects)."}),
+        }, "optional": {
+            "scale": ("FLOAT", {"default": DEFAULT_SCALE, "min": 0.0, "max": 3.0, "step": 0.05,
+                                "tooltip": "MS-Diffusion only: the image attention's scale (0.6 as its authors "
+                                           "recommend; 0.4 when a subject fills the whole image, such as a "
+                                           "background), times each subject's weight. The other backends ignore it."}),
         }}
 
-    def apply(self, model, adapter, subjects):
+    def apply(self, model, adapter, subjects, scale=DEFAULT_SCALE):
         subjects = check_chain(subjects, adapter.id, adapter.label, adapter.max_subjects)
-        return (apply_subjects(model, adapter, subjects),)
+        if not (scale == scale and 0.0 <= scale <= 3.0):
+            raise SubjectError(f"scale {scale}: expected a number from 0 to 3 (MS-Diffusion's default is {DEFAULT_SCALE})")
+        return (apply_subjects(model, adapter, subjects, scale=scale),)
 
 
 def placeholder_numbers(text: str, count: int) -> list:
@@ -199,7 +275,7 @@ def placeholder_numbers(text: str, count: int) -> list:
 class SubjectReferenceTextEncode:
     DESCRIPTION = ("Encodes a prompt in which <subject1>, <subject2>, ... stand for the encoded subjects. With a "
                    "subject adapter (subjref.v1) each placeholder becomes the subject's image embedding; with "
-                   "an IP-Adapter the placeholders are dropped (name the subject in words, e.g. 'a dog <subject1>').")
+                   "an IP-Adapter or MS-Diffusion the placeholders are dropped (name the subject in words, e.g. 'a dog <subject1>').")
     CATEGORY = CATEGORY
     FUNCTION = "encode"
     RETURN_TYPES = ("CONDITIONING",)
@@ -220,7 +296,7 @@ class SubjectReferenceTextEncode:
     def encode(self, clip, text, subjects, adapter):
         subjects = check_chain(subjects, adapter.id, adapter.label, None)
         used = placeholder_numbers(text, len(subjects))
-        if adapter.backend == BACKEND_IP or not used:
+        if adapter.backend in (BACKEND_IP, BACKEND_MS) or not used:
             plain = re.sub(r"\s*" + _PLACEHOLDER.pattern, "", text)
             return (clip.encode_from_tokens_scheduled(clip.tokenize(plain)),)
         if len(subjects) > len(MARKERS):

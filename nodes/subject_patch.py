@@ -6,6 +6,9 @@
   ``attn2.to_k`` / ``to_v`` itself before a replace patch, so Perfusion's edit still fires.
   Other packs that *add* to an existing replace object (the ``Attn2Replace.add(callback, **kwargs)``
   protocol of IPAdapter-style packs) can add to ours.
+* "ms-diffusion": the same attn2 replace patch on every key, whose image term is MS-Diffusion's joint
+  masked softmax over [4 dummy | 16 tokens per subject] with the boxes rasterised on the layer's own
+  grid (core/ms_diffusion.py); the negative branch gets no image term.
 * "subjref.v1": a ``middle_patch`` (between attn1 and attn2: gated self-attention over the visual
   tokens and the subjects' grounding tokens) and an ``input_block_patch`` on ("input", 0) (the
   location-mask channel added to conv_in's output).
@@ -24,11 +27,12 @@ import torch
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension
 
+from ..core import ms_diffusion
 from ..core.subject_attention import regional_image_attention
 from ..core.subject_layers import block_path, ip_layer_numbers
 from ..core.subject_regions import subject_grids
 from ..core.subjects import BRANCH_TABLE_KEY, BRANCHES_CFG, SUBJECT, branch_roles, table_for_guider
-from .subject_adapter import BACKEND_IP, check_fits
+from .subject_adapter import BACKEND_IP, BACKEND_MS, check_fits
 
 ADDITIONAL_MODELS_KEY = "subject_reference"
 WRAPPER_KEY = "subject_reference"
@@ -40,8 +44,8 @@ OUTER_REPLACES_KEY = "subject_reference_attn2"       # 2-tuple attn2 replaces th
 class SubjectState:
     """What every patch of one Apply node shares: the adapter, the subjects, their σ windows, caches."""
 
-    def __init__(self, adapter, subjects):
-        self.adapter, self.subjects = adapter, tuple(subjects)
+    def __init__(self, adapter, subjects, scale: float = 1.0):
+        self.adapter, self.subjects, self.scale = adapter, tuple(subjects), float(scale)
         self.weights = torch.tensor([s.weight for s in self.subjects], dtype=torch.float32)
         self._cache = {}
         self._active = (None, None)
@@ -78,6 +82,19 @@ class SubjectState:
             grids = subject_grids([(s.box, s.region_mask) for s in self.subjects], height, width)
             return (grids * self.weights[:, None]).to(device, dtype)
         return self.cached(("regions", height, width, device, dtype), make)
+
+    def ms_masks(self, active, height, width, device, dtype):
+        """MS-Diffusion on one layer grid, for the active subjects: (bias [L, 4 + 16 S], inside [L], the
+        index of the rows inside some box)."""
+        def make():
+            cells = ms_diffusion.subject_cells([(s.box.xyxy(), s.region_mask) for s in (self.subjects[i] for i in active)],
+                                               height, width)
+            n = self.subjects[active[0]].tokens.shape[0]
+            dummy = self.adapter.module.spec.dummy_tokens
+            bias = ms_diffusion.attention_bias(cells, n, dummy)
+            inside = cells.any(dim=0)
+            return bias.to(device, dtype), inside.to(device, dtype), torch.nonzero(inside).flatten().to(device)
+        return self.cached(("ms_masks", tuple(active), height, width, device, dtype), make)
 
     def rows(self, roles, batch, device):
         """Batch rows whose chunk carries the subject, and their chunk role index (0 subject, 1 plain)."""
@@ -186,6 +203,45 @@ class IPAttention:
                            "already patches; put that IPAdapter node before 'Apply Subject Reference' in the graph")
 
 
+class MSAttention(IPAttention):
+    """attn2 replace patch of the MS-Diffusion backend: the text attention (or the patch it wraps), plus
+    the joint masked image attention on the batch rows whose branch carries the subjects."""
+
+    def _ms_keys_values(self, active, device, dtype):
+        """K [4 + 16 S, hidden], V with each column's weight (scale x subject weight) applied, once per layer."""
+        def make():
+            module = self.state.adapter.module
+            with torch.inference_mode():
+                # the adapter may sit on the GPU with the UNet, the subjects' tokens on the CPU
+                tokens = torch.cat([module.dummy_image_tokens[0].to(device, torch.float32)] +
+                                   [self.state.subjects[i].tokens.to(device, torch.float32) for i in active]).to(dtype)
+                keys, values = module.keys_values(tokens, self.number)
+                n = self.state.subjects[active[0]].tokens.shape[0]
+                weights = [self.state.scale * self.state.subjects[i].weight for i in active]
+                columns = ms_diffusion.column_weights(weights, n, module.spec.dummy_tokens).to(device, values.dtype)
+                return keys, values * columns[:, None]
+        return self.state.cached(("ms_kv", self.number, tuple(active), device, dtype), make)
+
+    def image_term(self, q, extra_options):
+        active = self.state.active(extra_options)
+        if not active or self.state.scale == 0:
+            return None
+        batch, length, _ = q.shape
+        roles = branch_roles(extra_options.get("cond_or_uncond", [0]), extra_options.get(BRANCH_TABLE_KEY, BRANCHES_CFG))
+        selected, count = self.state.subject_rows(roles, batch, q.device)
+        if count == 0:
+            return None                                    # the negative branch: no image term
+        height, width = _grid_shape(extra_options, length)
+        bias, inside, inside_rows = self.state.ms_masks(active, height, width, q.device, q.dtype)
+        keys, values = self._ms_keys_values(active, q.device, q.dtype)
+        rows = q if selected is None else q[selected]
+        term = ms_diffusion.joint_masked_attention(rows, keys, values, bias, inside, extra_options["n_heads"],
+                                                   extra_options.get("attn_precision"), rows=inside_rows)
+        if selected is None:
+            return term
+        return torch.zeros_like(q).index_copy(0, selected, term.to(q.dtype))
+
+
 class GroundingPatch:
     """middle_patch: the subjects' gated self-attention in every transformer block (subjref.v1)."""
 
@@ -280,15 +336,16 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
     return executor(*args, **kwargs)
 
 
-def apply_subjects(model, adapter, subjects):
-    """A clone of ``model`` with ``subjects`` acting through ``adapter``."""
+def apply_subjects(model, adapter, subjects, scale: float = 1.0):
+    """A clone of ``model`` with ``subjects`` acting through ``adapter`` (``scale``: MS-Diffusion's)."""
     keys = check_fits(adapter, model)
-    state = SubjectState(adapter, subjects)
+    state = SubjectState(adapter, subjects, scale if adapter.backend == BACKEND_MS else 1.0)
     patched = model.clone()
-    if adapter.backend == BACKEND_IP:
+    if adapter.backend in (BACKEND_IP, BACKEND_MS):
+        kind = MSAttention if adapter.backend == BACKEND_MS else IPAttention
         replaces = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
         for key, number in ip_layer_numbers(keys).items():
-            patched.set_model_attn2_replace(IPAttention(state, number, key, replaces.get(key), replaces.get(key[:2])), *key)
+            patched.set_model_attn2_replace(kind(state, number, key, replaces.get(key), replaces.get(key[:2])), *key)
     else:
         patched.set_model_patch(GroundingPatch(state, {key: block_path(path) for key, path in keys.items()}),
                                 "middle_patch")

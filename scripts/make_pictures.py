@@ -44,6 +44,7 @@ SLUGS = {
     "Perfusion - Two Concepts in One Image": "template-two-concepts",
     "Perfusion - Gate Sweep Grid": "template-gate-sweep",
     "Perfusion - Two Subject Photos and a Concept": "template-two-subjects",
+    "Perfusion - MS-Diffusion Two Subjects and a Concept (SDXL)": "template-ms-diffusion",
 }
 GATE_SWEEP = "Perfusion - Gate Sweep Grid"
 # The nodes each thumbnail shows, at a readable scale (the whole graph would be a blur at 256 px).
@@ -53,6 +54,7 @@ THUMBNAIL_FOCUS = {
     "Perfusion - Two Concepts in One Image": [2, 3, 4],
     "Perfusion - Gate Sweep Grid": [2, 6],
     "Perfusion - Two Subject Photos and a Concept": [4, 5, 7],
+    "Perfusion - MS-Diffusion Two Subjects and a Concept (SDXL)": [4, 7, 9],
 }
 
 
@@ -75,6 +77,15 @@ def stand_in_files(base: Path, pack, host):
     tensors = ip_state_dict(pack, host.tiny_model("sd1"), "plus", seed=3)
     save_file({k: v.half().contiguous() for k, v in tensors.items()},
               str(base / "models" / "ipadapter" / "ip-adapter-plus_sd15.safetensors"))
+    # the MS-Diffusion template's files: an SDXL concept, and an adapter file in MS-Diffusion's layout (tiny widths)
+    from concept_factory import FAMILY_TOWER_WIDTHS, SDXL_LAYERS
+    from subject_factory import ms_nested
+    import torch
+    xl = make_concept(pack.core.concept_file.Concept, SDXL_LAYERS, FAMILY_TOWER_WIDTHS["sdxl"], trigger="sks",
+                      superclass="teddy", model="sdxl", seed=3, covariance=random_covariance(2048, 7),
+                      name="my_sdxl_concept.safetensors")
+    pack.core.concept_file.write_concept(str(base / "models" / "perfusion" / "my_sdxl_concept.safetensors"), xl)
+    torch.save(ms_nested(pack, host.tiny_model("sdxl"), host.tiny_clip("sdxl")), str(base / "models" / "subject_ref" / "ms_adapter.bin"))
     for name, colour in (("subject1_dog.png", (150, 100, 60)), ("subject2_cat.png", (90, 90, 100))):
         ys = np.linspace(0, 1, 384)[:, None, None]
         sky = (np.array([170, 200, 230]) * (1 - ys) + np.array([90, 140, 80]) * ys).repeat(384, 1)

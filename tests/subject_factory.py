@@ -114,3 +114,19 @@ def reference_image(seed=0, size=40):
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size + 8), indexing="ij")
     mask = (((xs - 0.1) / 0.6) ** 2 + (ys / 0.7) ** 2 <= 1).float()[None]
     return image, mask
+
+
+
+# --- MS-Diffusion: the generators are torch-only (tests/ms_factory.py); this one fits a tiny host model --
+
+def ms_nested(pack, model, clip, seed=0, feature_dim=None, dim=128, heads=2, depth=2, queries=16):
+    """{"image_proj": ..., "ms_adapter": ..., "dummy_image_tokens": Parameter}, the official pickle's three
+    entries, fitting ``model`` (its attn2 widths and context) and ``clip`` (its CLIP-L width)."""
+    from host import tower_widths
+    from ms_factory import ms_image_proj, ms_layers
+    g = torch.Generator().manual_seed(seed)
+    widths, context = layer_widths(pack, model)
+    phrase = tower_widths(clip)["clip_l"]
+    image_proj = ms_image_proj(g, dim, depth, heads, queries, feature_dim or VISION_WIDTH, phrase, context)
+    return {"image_proj": image_proj, "ms_adapter": ms_layers(g, widths, context),
+            "dummy_image_tokens": torch.nn.Parameter(torch.randn(1, 4, context, generator=g))}

@@ -242,9 +242,11 @@ INTENDED = {
         4: {"adapter_name": "ipadapter/ip-adapter-plus_sd15.safetensors"},
         5: {"image": "subject1_dog.png", "upload": "image"},
         6: {"image": "subject2_cat.png", "upload": "image"},
-        7: {"x": 0.05, "y": 0.2, "width": 0.4, "height": 0.7, "weight": 0.8, "start_percent": 0, "end_percent": 1},
-        8: {"x": 0.55, "y": 0.2, "width": 0.4, "height": 0.7, "weight": 0.8, "start_percent": 0, "end_percent": 1},
-        9: {},
+        7: {"x": 0.05, "y": 0.2, "width": 0.4, "height": 0.7, "weight": 0.8, "start_percent": 0, "end_percent": 1,
+            "phrase": "", "box editor": ""},
+        8: {"x": 0.55, "y": 0.2, "width": 0.4, "height": 0.7, "weight": 0.8, "start_percent": 0, "end_percent": 1,
+            "phrase": "", "box editor": ""},
+        9: {"scale": 0.6},
         10: {"text": Prefix("a photo of sks ")},
         11: {"text": "blurry, low quality, deformed"},
         12: {"width": 512, "height": 512, "batch_size": 1},
@@ -253,6 +255,27 @@ INTENDED = {
         14: {},
         15: {"filename_prefix": "perfusion-subjects"},
         16: {"text": Prefix("Two subjects from reference photos, with a Perfusion concept\n")},
+    },
+    "Perfusion - MS-Diffusion Two Subjects and a Concept (SDXL).json": {
+        1: {"ckpt_name": "sd_xl_base_1.0.safetensors"},
+        2: {"concept_name": "my_sdxl_concept.safetensors", "strength": 1},
+        3: {"clip_name": "clip_vision_g.safetensors"},
+        4: {"adapter_name": "subject_ref/ms_adapter.bin"},
+        5: {"image": "subject1_dog.png", "upload": "image"},
+        6: {"image": "subject2_cat.png", "upload": "image"},
+        7: {"x": 0.0, "y": 0.25, "width": 0.4, "height": 0.5, "weight": 1, "start_percent": 0, "end_percent": 1,
+            "phrase": "dog", "box editor": ""},
+        8: {"x": 0.6, "y": 0.25, "width": 0.4, "height": 0.5, "weight": 1, "start_percent": 0, "end_percent": 1,
+            "phrase": "cat", "box editor": ""},
+        9: {"scale": 0.6},
+        10: {"text": Prefix("best quality, high quality, a sks teddy bear")},
+        11: {"text": "monochrome, lowres, bad anatomy, worst quality, low quality"},
+        12: {"width": 1216, "height": 832, "batch_size": 1},
+        13: {"seed": 42, "control_after_generate": "fixed", "steps": 30, "cfg": 7.5, "sampler_name": "euler",
+             "scheduler": "normal", "denoise": 1},
+        14: {},
+        15: {"filename_prefix": "perfusion-ms-diffusion"},
+        16: {"text": Prefix("MS-Diffusion: two subjects in two boxes, with a Perfusion concept (SDXL)\n")},
     },
 }
 TEMPLATES = sorted(f for f in os.listdir(WORKFLOWS) if f.endswith(".json"))
@@ -490,3 +513,92 @@ def test_template_browser_shows_a_thumbnail_and_a_title_for_every_template(page)
     assert failed == []
     assert sorted(title for title, _ in cards) == sorted(t[:-5] for t in TEMPLATES), cards
     assert all(width >= 256 for _, width in cards), cards
+
+
+MS_TEMPLATE = "Perfusion - MS-Diffusion Two Subjects and a Concept (SDXL).json"
+
+# Shows encoder `id` of the loaded graph at zoom 1 near the top left and returns its box editor's state: the
+# canvas element's page rectangle, the preview inside it (CSS px), what it drew, the node's box widgets.
+EDITOR_STATE = f"""async (id) => {{
+    const app = {APP};
+    const node = app.graph.getNodeById(id);
+    app.canvas.ds.scale = 1;
+    app.canvas.ds.offset = [-node.pos[0] + 60, -node.pos[1] + 60];
+    for (let i = 0; i < 6; i++) {{ app.canvas.setDirty(true, true); app.canvas.draw(true, true);
+                                   await new Promise(r => setTimeout(r, 120)); }}
+    const editor = node.perfusionBoxEditor;
+    const r = editor.canvas.getBoundingClientRect();
+    const box = Object.fromEntries(["x", "y", "width", "height"].map(n => [n, node.widgets.find(w => w.name === n).value]));
+    return {{rect: [r.left, r.top, r.width, r.height], css: [editor.canvas.clientWidth, editor.canvas.clientHeight],
+             preview: editor.preview, drawn: editor.drawn, size: editor.size, box}};
+}}"""
+
+
+def _page_point(state, fx, fy):
+    left, top, width, height = state["rect"]
+    sx, sy = width / state["css"][0], height / state["css"][1]
+    p = state["preview"]
+    return left + (p["left"] + fx * p["width"]) * sx, top + (p["top"] + fy * p["height"]) * sy
+
+
+def _drag(page, state, start, end, steps=8):
+    page.mouse.move(*_page_point(state, *start))
+    page.mouse.down()
+    page.mouse.move(*_page_point(state, *end), steps=steps)
+    page.mouse.up()
+
+
+def test_box_editor_draws_moves_resizes_and_syncs_with_the_widgets(page):
+    workflow = json.load(open(os.path.join(WORKFLOWS, MS_TEMPLATE)))
+    page.evaluate(f"async (w) => {{ await {APP}.loadGraphData(w); }}", workflow)
+    state = page.evaluate(EDITOR_STATE, 7)
+    assert state["size"] == [1216, 832]                                          # the latent the chain samples on
+    p = state["preview"]
+    assert p["width"] / p["height"] == pytest.approx(1216 / 832, rel=0.02)
+    drawn = {d["subject"]: d for d in state["drawn"]}
+    assert set(drawn) == {1, 2} and drawn[1]["own"] and not drawn[2]["own"]       # both subjects in one view
+    assert drawn[2]["x"] == pytest.approx(0.6) and drawn[1]["width"] == pytest.approx(0.4)
+    page.screenshot(path=str(page.base / "box_editor_loaded.png"))
+    # draw a new box on empty space (the bottom left): the widgets follow
+    _drag(page, state, (0.05, 0.8), (0.35, 0.95))
+    state = page.evaluate(EDITOR_STATE, 7)
+    box = state["box"]
+    assert (box["x"], box["y"]) == (pytest.approx(0.05, abs=0.015), pytest.approx(0.8, abs=0.015)), box
+    assert (box["width"], box["height"]) == (pytest.approx(0.3, abs=0.02), pytest.approx(0.15, abs=0.02)), box
+    # move it by dragging inside: same size, new place
+    _drag(page, state, (0.2, 0.87), (0.4, 0.57))
+    moved = page.evaluate(EDITOR_STATE, 7)["box"]
+    assert moved["width"] == pytest.approx(box["width"], abs=0.011) and moved["height"] == pytest.approx(box["height"], abs=0.011)
+    assert moved["x"] == pytest.approx(box["x"] + 0.2, abs=0.02) and moved["y"] == pytest.approx(box["y"] - 0.3, abs=0.02)
+    # resize from its bottom-right corner
+    state = page.evaluate(EDITOR_STATE, 7)
+    corner = (moved["x"] + moved["width"], moved["y"] + moved["height"])
+    _drag(page, state, corner, (0.9, 0.9))
+    resized = page.evaluate(EDITOR_STATE, 7)
+    assert resized["box"]["x"] == pytest.approx(moved["x"], abs=0.011)
+    assert resized["box"]["x"] + resized["box"]["width"] == pytest.approx(0.9, abs=0.02)
+    assert resized["box"]["y"] + resized["box"]["height"] == pytest.approx(0.9, abs=0.02)
+    own = next(d for d in resized["drawn"] if d["own"])
+    assert own["width"] == pytest.approx(resized["box"]["width"])                 # drawn as the widgets say
+    page.screenshot(path=str(page.base / "box_editor_dragged.png"))
+    # the other way round: a widget set in the node (as typing a value does) moves the drawn box, and the
+    # other encoder's view shows subject 1's new box; the latent's size follows too
+    state = page.evaluate(f"""async () => {{
+        const app = {APP};
+        const node = app.graph.getNodeById(7);
+        const w = node.widgets.find(w => w.name === "x");
+        w.value = 0.1; w.callback?.(0.1);
+        const latent = app.graph.getNodeById(12);
+        latent.widgets.find(w => w.name === "width").value = 832;
+        latent.widgets.find(w => w.name === "height").value = 1216;
+        return null;
+    }}""")
+    page.wait_for_timeout(400)
+    state = page.evaluate(EDITOR_STATE, 8)
+    first = next(d for d in state["drawn"] if d["subject"] == 1)
+    assert first["x"] == pytest.approx(0.1) and not first["own"]
+    assert state["size"] == [832, 1216] and state["preview"]["height"] > state["preview"]["width"]
+    # saved in the workflow: the box widgets hold it; the editor adds nothing to widgets_values
+    saved = page.evaluate(f"() => {APP}.graph.serialize().nodes.find(n => n.id === 7).widgets_values")
+    assert saved[:4] == pytest.approx([0.1, resized["box"]["y"], resized["box"]["width"], resized["box"]["height"]], abs=1e-6)
+    assert saved[7] == "dog" and len([v for v in saved if v is not None]) == 8, saved
