@@ -12,7 +12,7 @@ KEY_LOCKS = ("local", "global")
 # (min, max, step, tooltip) for each slider; nodes/ builds the widgets from this table.
 SLIDERS = {
     "strength": (0.0, 2.0, 0.01, "How strongly the concept applies (lambda). 0 turns it off; the model is then exactly the base model."),
-    "beta": (0.0, 1.0, 0.01, "Gate bias: the similarity at which a token is half edited. Lower = more concept fidelity, higher = more prompt alignment (paper: 0.6-0.75 local, 0.4-0.6 global)."),
+    "beta": (0.0, 2.0, 0.01, "Gate bias: the similarity at which a token is half edited. Lower = more concept fidelity, higher = more prompt alignment (paper: 0.6-0.75 local, 0.4-0.6 global; above 1 the gate closes even on the trigger itself)."),
     "tau": (0.01, 1.0, 0.01, "Gate temperature: how sharply the gate switches around beta. 0.15 is the paper's recommendation."),
     "start_percent": (0.0, 1.0, 0.001, "Part of the sampling schedule where the concept starts to act (0 = first step)."),
     "end_percent": (0.0, 1.0, 0.001, "Part of the sampling schedule after which the concept stops acting (1 = last step)."),

@@ -5,7 +5,7 @@ from core.gate_settings import GateSettings
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("beta", 1.5, "beta is 1.5; expected a number from 0.0 to 1.0"),
+    ("beta", 2.5, "beta is 2.5; expected a number from 0.0 to 2.0"),
     ("tau", 0.0, "tau is 0.0; expected a number from 0.01 to 1.0"),
     ("strength", -1.0, "strength is -1.0"),
     ("strength", float("nan"), "strength is nan"),
