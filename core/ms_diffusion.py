@@ -290,7 +290,7 @@ def attention_bias(cells: torch.Tensor, tokens_per_subject: int, dummy_tokens: i
     background = ~cells.any(dim=0)                                                    # [L]
     open_ = torch.cat([background[:, None].expand(-1, dummy_tokens),
                        cells.t().repeat_interleave(tokens_per_subject, dim=1)], dim=1)
-    bias = torch.zeros(open_.shape, dtype=dtype)
+    bias = torch.zeros(open_.shape, dtype=dtype, device=cells.device)
     return bias.masked_fill(~open_, MASK_BIAS)
 
 
@@ -307,8 +307,9 @@ def joint_masked_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Te
     (probs (.) w_cols @ V == probs @ (w_cols (.) V)); bias [L, T]; inside [L] (1 inside some box, 0 on
     background) -> [B, L, h*d]: one softmax over all T columns per query, background rows 0.
 
-    ``rows``: the index of the rows inside some box (``inside.nonzero()``, cached by the caller); only those
-    are computed, the others are 0 anyway, so the cost follows the boxes' area."""
+    ``rows``: the index of the rows inside some box (``inside.nonzero()``, cached by the caller, or a
+    superset of it); only those are computed, the others are 0 anyway, so the cost follows the boxes'
+    area. A computed row outside every box (inside 0) is 0 too."""
     dtype = q.dtype
     work = precision if precision is not None and precision != dtype else dtype
     b, length, channels = q.shape
@@ -328,4 +329,5 @@ def joint_masked_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Te
     out = out.transpose(1, 2).reshape(b, n, channels)
     if rows is None:
         return (out * inside.to(work)[None, :, None]).to(dtype)
+    out = out * inside.to(work)[rows][None, :, None]              # 1 on rows inside a box: unchanged
     return torch.zeros(b, length, channels, dtype=dtype, device=q.device).index_copy(1, rows, out.to(dtype))

@@ -13,14 +13,19 @@
   tokens and the subjects' grounding tokens) and an ``input_block_patch`` on ("input", 0) (the
   location-mask channel added to conv_in's output).
 
-Per forward: the time window is checked once (one scalar read per forward), region grids, K/V and
-grounding tokens come from caches keyed by (resolution | layer, device, dtype). ``clone()``
+Per forward: the time windows are applied on the device (SubjectState.gate): every subject stays in
+the computation and one outside its window gets region weight 0 (IP-Adapter), its columns masked out of
+the joint softmax (MS-Diffusion), or its grounding tokens hidden and its region 0 (subjref.v1), so
+the sampling path never reads a tensor value on the host (no device sync per step or per layer).
+Region grids, K/V and grounding tokens come from caches keyed by (resolution | layer, device, dtype). ``clone()``
 deep-copies model options; these objects copy shallowly (the caches and weights are shared).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import math
 
 import torch
 
@@ -41,14 +46,38 @@ SAMPLING_KEY = "subject_reference_sampling"          # the sampled model's model
 OUTER_REPLACES_KEY = "subject_reference_attn2"       # 2-tuple attn2 replaces that our 3-tuple keys shadow
 
 
+@functools.lru_cache(maxsize=1024)
+def _float32_bound(value: float, upper: bool) -> float:
+    """A window bound as a float32 that decides like the float64 one: for an upper bound the largest
+    float32 <= value, for a lower bound the smallest float32 >= value. A float32 σ compared on the
+    device with it is inside exactly when its float64 value is inside the float64 window."""
+    bound = torch.tensor(float(value), dtype=torch.float32)
+    if upper and float(bound) > value:
+        bound = torch.nextafter(bound, torch.tensor(-math.inf))
+    elif not upper and float(bound) < value:
+        bound = torch.nextafter(bound, torch.tensor(math.inf))
+    return float(bound)
+
+
+def _step_sigma(sigmas, device) -> torch.Tensor:
+    """This step's σ (the first row's, as the host-side check read it) as a 0-d float32 tensor on
+    ``device``: indexing, no host read."""
+    return sigmas.detach().flatten()[0].to(device=device, dtype=torch.float32)
+
+
 class SubjectState:
     """What every patch of one Apply node shares: the adapter, the subjects, their σ windows, caches."""
 
     def __init__(self, adapter, subjects, scale: float = 1.0):
         self.adapter, self.subjects, self.scale = adapter, tuple(subjects), float(scale)
         self.weights = torch.tensor([s.weight for s in self.subjects], dtype=torch.float32)
+        # Weight 0: the subject never acts, it is left out of every computation (decided here, once).
+        self.eligible = tuple(i for i, s in enumerate(self.subjects) if s.weight != 0)
+        # Some subject acts only in part of the schedule: its window is applied on the device per forward.
+        self.scheduled = any(self.subjects[i].start_percent > 0.0 or self.subjects[i].end_percent < 1.0
+                             for i in self.eligible)
         self._cache = {}
-        self._active = (None, None)
+        self._forward = (None, None, {})        # (σ tensor, model_sampling, this forward's device values)
 
     def windows(self, sampling) -> list:
         """(σ high, σ low) per subject from its start / end percent, for this model_sampling (a model
@@ -58,17 +87,49 @@ class SubjectState:
             for s in self.subjects]))[1]
 
     def active(self, extra_options) -> list:
-        """Indices of the subjects whose [start, end] window holds this step's σ (once per forward)."""
+        """Indices of the subjects whose [start, end] window holds this step's σ. Reads σ on the host: for
+        tests and tools only; the sampling path uses ``gate`` (on the device)."""
         sigmas, sampling = extra_options.get("sigmas"), extra_options.get(SAMPLING_KEY)
         if sigmas is None or sampling is None:
-            return [i for i, s in enumerate(self.subjects) if s.weight != 0]
-        last, indices = self._active
-        if last is not sigmas:
-            sigma = float(sigmas.flatten()[0])
-            indices = [i for i, (s, (high, low)) in enumerate(zip(self.subjects, self.windows(sampling)))
-                       if s.weight != 0 and low <= sigma <= high]
-            self._active = (sigmas, indices)
-        return indices
+            return list(self.eligible)
+        sigma = float(sigmas.flatten()[0])
+        windows = self.windows(sampling)
+        return [i for i in self.eligible if windows[i][1] <= sigma <= windows[i][0]]
+
+    def per_forward(self, extra_options, key, make):
+        """A value made once per forward (per σ tensor the sampler passes) and reused by every layer."""
+        sigmas, sampling = extra_options.get("sigmas"), extra_options.get(SAMPLING_KEY)
+        last, last_sampling, values = self._forward
+        if last is not sigmas or last_sampling is not sampling:
+            values = {}
+            self._forward = (sigmas, sampling, values)
+        value = values.get(key)
+        if value is None:
+            value = values[key] = make()
+        return value
+
+    def gate(self, extra_options, device):
+        """[E] bool on ``device``, one per eligible subject: its [start, end] window holds this step's σ,
+        compared there (no host read). None when every eligible subject acts (no window set, or no σ /
+        model_sampling given): then nothing needs gating."""
+        if not self.scheduled:
+            return None
+        sigmas, sampling = extra_options.get("sigmas"), extra_options.get(SAMPLING_KEY)
+        if sigmas is None or sampling is None:
+            return None
+
+        def make():
+            bounds = self.cached(("window_bounds", id(sampling), device), lambda: torch.tensor(
+                [[_float32_bound(self.windows(sampling)[i][0], True) for i in self.eligible],
+                 [_float32_bound(self.windows(sampling)[i][1], False) for i in self.eligible]],
+                dtype=torch.float32).to(device))                                     # [2, E]: high, low
+            sigma = _step_sigma(sigmas, device)
+            return (sigma <= bounds[0]) & (sigma >= bounds[1])
+        return self.per_forward(extra_options, ("gate", device), make)
+
+    def index(self, indices, device):
+        """``indices`` as a long tensor on ``device`` (made once: no host-to-device copy per layer)."""
+        return self.cached(("index", tuple(indices), device), lambda: torch.tensor(indices, device=device))
 
     def cached(self, key, make):
         value = self._cache.get(key)
@@ -83,18 +144,35 @@ class SubjectState:
             return (grids * self.weights[:, None]).to(device, dtype)
         return self.cached(("regions", height, width, device, dtype), make)
 
+    def ms_cells(self, active, height, width):
+        """[S, L] bool (CPU): the cells of the ``active`` subjects' boxes / region masks on one layer grid."""
+        return self.cached(("ms_cells", tuple(active), height, width), lambda: ms_diffusion.subject_cells(
+            [(s.box.xyxy(), s.region_mask) for s in (self.subjects[i] for i in active)], height, width))
+
     def ms_masks(self, active, height, width, device, dtype):
         """MS-Diffusion on one layer grid, for the active subjects: (bias [L, 4 + 16 S], inside [L], the
         index of the rows inside some box)."""
         def make():
-            cells = ms_diffusion.subject_cells([(s.box.xyxy(), s.region_mask) for s in (self.subjects[i] for i in active)],
-                                               height, width)
+            cells = self.ms_cells(active, height, width)
             n = self.subjects[active[0]].tokens.shape[0]
             dummy = self.adapter.module.spec.dummy_tokens
             bias = ms_diffusion.attention_bias(cells, n, dummy)
             inside = cells.any(dim=0)
             return bias.to(device, dtype), inside.to(device, dtype), torch.nonzero(inside).flatten().to(device)
         return self.cached(("ms_masks", tuple(active), height, width, device, dtype), make)
+
+    def ms_gated_masks(self, extra_options, gate, active, height, width, device, dtype):
+        """(bias, inside) of ``ms_masks`` with only the subjects ``gate`` (on the device) lets act, made
+        there once per forward: the others' columns are closed to every query and their cells count as
+        background, exactly as if they were not given (all acting: the same values as ``ms_masks``)."""
+        def make():
+            cells = self.cached(("ms_cells", tuple(active), height, width, device),
+                                lambda: self.ms_cells(active, height, width).to(device))
+            n = self.subjects[active[0]].tokens.shape[0]
+            acting = cells & gate[:, None]
+            bias = ms_diffusion.attention_bias(acting, n, self.adapter.module.spec.dummy_tokens)
+            return bias.to(dtype), acting.any(dim=0).to(dtype)
+        return self.per_forward(extra_options, ("ms_masks", tuple(active), height, width, device, dtype), make)
 
     def rows(self, roles, batch, device):
         """Batch rows whose chunk carries the subject, and their chunk role index (0 subject, 1 plain)."""
@@ -161,8 +239,8 @@ class IPAttention:
         return self.state.cached(("kv", self.number, device, dtype), make)
 
     def image_term(self, q, extra_options):
-        active = self.state.active(extra_options)
-        if not active:
+        eligible = self.state.eligible
+        if not eligible:
             return None
         batch, length, _ = q.shape
         roles = branch_roles(extra_options.get("cond_or_uncond", [0]), extra_options.get(BRANCH_TABLE_KEY, BRANCHES_CFG))
@@ -170,9 +248,15 @@ class IPAttention:
         regions = self.state.regions(height, width, q.device, q.dtype)          # [S, L]
         keys, values = self._keys_values(q.device, q.dtype)                      # [2, S, T, hidden]
         role_index = self.state.rows(roles, batch, q.device)                     # [B]
-        if len(active) < len(self.state.subjects):
-            index = torch.tensor(active, device=q.device)
+        if len(eligible) < len(self.state.subjects):
+            index = self.state.index(eligible, q.device)
             regions, keys, values = regions[index], keys[:, index], values[:, index]
+        gate = self.state.gate(extra_options, q.device)
+        if gate is not None:
+            # A subject outside its window gets region weight 0: its term is exactly 0 (x 1 inside: unchanged).
+            ungated = regions
+            regions = self.state.per_forward(extra_options, ("ip_regions", height, width, q.device, q.dtype),
+                                             lambda: ungated * gate.to(ungated.dtype)[:, None])
         return regional_image_attention(q, keys[role_index], values[role_index], regions.t()[None].expand(batch, -1, -1),
                                         extra_options["n_heads"], extra_options.get("attn_precision"))
 
@@ -192,10 +276,16 @@ class IPAttention:
             out = out + term
         if self.callback:
             sigmas = extra_options.get("sigmas")
-            sigma = float(sigmas.flatten()[0]) if sigmas is not None else 999999999.9
             for callback, kwargs in zip(self.callback, self.kwargs):
-                if kwargs.get("sigma_end", -1e9) <= sigma <= kwargs.get("sigma_start", 1e9):
-                    out = out + callback(out, q, k, v, extra_options, **kwargs)
+                low, high = kwargs.get("sigma_end", -1e9), kwargs.get("sigma_start", 1e9)
+                if sigmas is None:
+                    if low <= 999999999.9 <= high:
+                        out = out + callback(out, q, k, v, extra_options, **kwargs)
+                    continue
+                # σ window compared on the device (no host read per layer); outside it, out is kept as is.
+                sigma = _step_sigma(sigmas, out.device)
+                inside = (sigma >= _float32_bound(low, False)) & (sigma <= _float32_bound(high, True))
+                out = torch.where(inside, out + callback(out, q, k, v, extra_options, **kwargs), out)
         return out.to(q.dtype)
 
     def set_new_condition(self, **kwargs):
@@ -223,7 +313,7 @@ class MSAttention(IPAttention):
         return self.state.cached(("ms_kv", self.number, tuple(active), device, dtype), make)
 
     def image_term(self, q, extra_options):
-        active = self.state.active(extra_options)
+        active = self.state.eligible
         if not active or self.state.scale == 0:
             return None
         batch, length, _ = q.shape
@@ -233,6 +323,11 @@ class MSAttention(IPAttention):
             return None                                    # the negative branch: no image term
         height, width = _grid_shape(extra_options, length)
         bias, inside, inside_rows = self.state.ms_masks(active, height, width, q.device, q.dtype)
+        gate = self.state.gate(extra_options, q.device)
+        if gate is not None:
+            # the rows stay those inside any eligible box (a superset: rows of a subject outside its
+            # window come out as background, 0)
+            bias, inside = self.state.ms_gated_masks(extra_options, gate, active, height, width, q.device, q.dtype)
         keys, values = self._ms_keys_values(active, q.device, q.dtype)
         rows = q if selected is None else q[selected]
         term = ms_diffusion.joint_masked_attention(rows, keys, values, bias, inside, extra_options["n_heads"],
@@ -260,7 +355,7 @@ class GroundingPatch:
         """([1, N, M] bool: query sees grounding token, [1, N, 1] union region x weight, index of the
         visual rows inside the union), once per resolution."""
         def make():
-            regions = self.state.regions(height, width, device, torch.float32)[active]      # [S, N]
+            regions = self.state.regions(height, width, device, torch.float32)[list(active)]      # [S, N]
             n_patch = self.state.subjects[active[0]].tokens.shape[0]
             visible = (regions > 0).t().repeat_interleave(n_patch, dim=1)                   # [N, S*n_patch]
             union = regions.sum(dim=0)        # overlaps already scaled: sum_s w_s R_s
@@ -270,10 +365,24 @@ class GroundingPatch:
             return (visible[None] if len(active) > 1 else None), union[None, :, None].to(dtype), inside
         return self.state.cached(("visible", tuple(active), height, width, device, dtype), make)
 
+    def _gated_visibility(self, extra_options, gate, active, height, width, device, dtype):
+        """``_visibility`` with only the subjects ``gate`` (on the device) lets act, once per forward: the
+        others' grounding tokens are hidden from every query and their region weight is 0 (the rows
+        computed stay those inside any eligible region; outside every acting one the update is 0)."""
+        def make():
+            visible, _, _ = self._visibility(active, height, width, device, dtype)
+            regions = self.state.regions(height, width, device, torch.float32)[list(active)]     # [S, N]
+            if visible is not None:
+                n_patch = self.state.subjects[active[0]].tokens.shape[0]
+                visible = visible & gate.repeat_interleave(n_patch)[None, None, :]
+            union = (regions * gate.to(regions.dtype)[:, None]).sum(dim=0)
+            return visible, union[None, :, None].to(dtype)
+        return self.state.per_forward(extra_options, ("visible", tuple(active), height, width, device, dtype), make)
+
     def __call__(self, x, extra_options):
         block = extra_options.get("block")
         path = self.paths.get((block[0], block[1], extra_options.get("block_index", 0))) if block else None
-        active = self.state.active(extra_options)
+        active = self.state.eligible
         if path is None or not active:
             return x
         roles = branch_roles(extra_options.get("cond_or_uncond", [0]), extra_options.get(BRANCH_TABLE_KEY, BRANCHES_CFG))
@@ -284,6 +393,9 @@ class GroundingPatch:
         fuser = self.state.adapter.module.fuser_by_path[path]
         objs = self._objs(active, x.device, x.dtype)
         visible, region, inside = self._visibility(active, height, width, x.device, x.dtype)
+        gate = self.state.gate(extra_options, x.device)
+        if gate is not None:
+            visible, region = self._gated_visibility(extra_options, gate, active, height, width, x.device, x.dtype)
         xs = x if selected is None else x[selected]
         ys = fuser(xs, objs.expand(xs.shape[0], -1, -1), visible, region, rows=inside)
         return ys if selected is None else x.index_copy(0, selected, ys)
@@ -304,7 +416,7 @@ class LocationMaskPatch:
     def __call__(self, h, transformer_options):
         if transformer_options.get("block") != ("input", 0):
             return h
-        active = self.state.active(transformer_options)
+        active = self.state.eligible
         if not active:
             return h
         roles = branch_roles(transformer_options.get("cond_or_uncond", [0]),
@@ -314,10 +426,17 @@ class LocationMaskPatch:
         conv = self.state.adapter.module.mask_in
 
         def make():
-            region = self.state.regions(height, width, h.device, torch.float32)[active]
+            region = self.state.regions(height, width, h.device, torch.float32)[list(active)]
             mask = (region > 0).any(dim=0).float().reshape(1, 1, height, width)
             return conv(mask.to(conv.weight.dtype)).to(h.dtype)
-        added = self.state.cached(("mask_in", tuple(active), height, width, h.device, h.dtype), make)
+        gate = self.state.gate(transformer_options, h.device)
+        if gate is None:
+            added = self.state.cached(("mask_in", tuple(active), height, width, h.device, h.dtype), make)
+        else:
+            # once per forward, on the device: the mask of the subjects acting now (none: 0 added)
+            region = self.state.regions(height, width, h.device, torch.float32)[list(active)]
+            mask = ((region > 0) & gate[:, None]).any(dim=0).float().reshape(1, 1, height, width)
+            added = conv(mask.to(conv.weight.dtype)).to(h.dtype) * gate.any().to(h.dtype)
         return h + added * (rows == 0).to(h.dtype)[:, None, None, None]
 
 

@@ -247,8 +247,9 @@ def test_the_edit_runs_in_the_model_dtype_and_matches_float32(name):
 # ------------------------------------------------------------------------------------------------
 # subject references (core/subject*.py, nodes/subject*.py: the issue-12 owner's files)
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ip_subjects(tmp_path_factory):
+    """A fresh adapter per test (the meta test moves its adapter to the meta device for good)."""
     from safetensors.torch import save_file
     from subject_factory import ip_state_dict, reference_image
     model = host.tiny_model("sd1")
@@ -264,10 +265,9 @@ def ip_subjects(tmp_path_factory):
     return adapter, two
 
 
-@pytest.mark.xfail(reason="nodes/subject_patch.py SubjectState.active reads the step's sigma on the host "
-                          "(float(sigmas.flatten()[0])) once per forward: a device sync per step (issue 13 report)",
-                   raises=RuntimeError, strict=False)
 def test_a_subject_sampling_step_reads_nothing_on_the_host(ip_subjects):
+    """The subjects' time windows are applied on the device (region weight 0 outside): before the fix,
+    SubjectState.active read the step's sigma with float(sigmas.flatten()[0]) once per forward."""
     adapter, subjects = ip_subjects
     model = host.tiny_model("sd1")
     patched = pack.nodes.SubjectReferenceApply().apply(model, adapter, subjects)[0]
@@ -276,8 +276,28 @@ def test_a_subject_sampling_step_reads_nothing_on_the_host(ip_subjects):
     step(patched, patched.load_device, **{key: sampling})
     to_meta(patched)
     adapter.module.to(META)
-    out = step(patched, META, **{key: sampling})
-    assert out.device == META
+    for sigma in (5.0, 0.5, 0.01):
+        out = step(patched, META, sigma=sigma, **{key: sampling})
+        assert out.device == META
+
+
+def test_a_subject_outside_its_window_gives_the_output_without_it(ip_subjects):
+    """Subject 1 acts on 20-80 % of the schedule, subject 2 on all of it. Outside subject 1's window a step
+    gives what subject 2 alone gives; inside it, what the host-side check gave (both act: no gating)."""
+    adapter, subjects = ip_subjects
+    assert (subjects[0].start_percent, subjects[0].end_percent, subjects[1].start_percent) == (0.2, 0.8, 0.0)
+    model = host.tiny_model("sd1")
+    Apply = pack.nodes.SubjectReferenceApply
+    both, alone = Apply().apply(model, adapter, subjects)[0], Apply().apply(model, adapter, subjects[1:])[0]
+    sampling = both.get_model_object("model_sampling")
+    key = pack.nodes.subject_patch.SAMPLING_KEY
+    run = lambda m, s, **kw: step(m, m.load_device, sigma=s, **kw).cpu()  # noqa: E731
+    for percent in (0.1, 0.9):
+        sigma = float(sampling.percent_to_sigma(percent))
+        assert torch.equal(run(both, sigma, **{key: sampling}), run(alone, sigma, **{key: sampling}))
+    inside = float(sampling.percent_to_sigma(0.5))
+    assert torch.equal(run(both, inside, **{key: sampling}), run(both, inside))      # no sampling: no window
+    assert not torch.equal(run(both, inside, **{key: sampling}), run(alone, inside, **{key: sampling}))
 
 
 # ------------------------------------------------------------------------------------------------
