@@ -2,7 +2,7 @@
 reference images and step budget, through the real nodes and KSampler, scored by the evaluator.
 
     cd bench && COMFYUI_PATH=... python -m toyworld.benchmark            # 3 concepts x 3 seeds (about 2 h on 1 core)
-    cd bench && COMFYUI_PATH=... python -m toyworld.benchmark --quick    # 1 concept, 1 seed (minutes)
+    cd bench && COMFYUI_PATH=... python -m toyworld.benchmark --quick    # 1 concept, 1 seed (about 15 min)
 
 Methods (all 5 reference images of a concept, no masks, no flips, ``STEPS`` optimizer steps of
 ``BATCH`` images):
@@ -46,6 +46,9 @@ STEPS, BATCH = 200, 8
 TRIGGERS = {"striped-circle": "sks", "split-square": "ohwx", "bullseye-circle": "bnha", "dotted-square": "klm"}
 PERFUSION_SWEEP = [(beta, 1.0) for beta in (0.0, 0.4, 0.7, 1.0, 1.4, 2.0)] + [(0.7, 0.5)]
 LORA_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
+QUICK_CONCEPT = "split-square"          # the concept this VAE renders most faithfully (docs/toyworld.md)
+QUICK_PERFUSION_SWEEP = [(0.0, 1.0), (0.7, 1.0), (1.4, 1.0), (2.0, 1.0)]
+QUICK_LORA_STRENGTHS = (0.5, 1.0)
 LORA_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
 DEFAULT_LORA_RATE = 1e-3
 TAU = 0.15
@@ -156,7 +159,7 @@ def train_lora(pack, base, concept, seed, rank, rate, steps=STEPS, work=None):
         positive = graph.encode(clip, f"a photo of a {word}")
     start = time.perf_counter()
     with PeakRSS() as peak, torch.inference_mode():
-        _, lora, loss, _ = TrainLoraNode().train(unet, {"samples": latents}, positive, BATCH // 2, steps, 2, rate, rank,
+        _, lora, loss, _ = TrainLoraNode().train(unet, latents, positive, BATCH // 2, steps, 2, rate, rank,
                                                  "AdamW", "MSE", seed, "fp32", "fp32", "LoRA", False, "[None]")
     seconds = time.perf_counter() - start
     path = os.path.join(work or tempfile.mkdtemp(), f"lora{rank}-{concept.name}-{seed}.safetensors")
@@ -247,9 +250,16 @@ def run(args):
     net = evaluator.load()
     out = args.out
     os.makedirs(out, exist_ok=True)
-    concepts = world.CONCEPTS[:1] if args.quick else world.CONCEPTS
+    global PERFUSION_SWEEP, LORA_STRENGTHS
+    if args.quick:
+        PERFUSION_SWEEP, LORA_STRENGTHS = QUICK_PERFUSION_SWEEP, QUICK_LORA_STRENGTHS
+    concepts = [c for c in world.CONCEPTS if c.name == QUICK_CONCEPT] if args.quick else world.CONCEPTS
+    if args.concepts:
+        concepts = [c for c in world.CONCEPTS if c.name in args.concepts.split(",")]
     seeds = [0] if args.quick else [0, 1, 2]
-    samples = args.samples or (16 if args.quick else 32)
+    if args.seeds:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    samples = args.samples or 32
     methods = ["perfusion", "embedding", "lora4", "lora8"]
     lr_file = os.path.join(out, "lora_rate.json")
     tuning = None
@@ -265,7 +275,7 @@ def run(args):
         rate = json.load(open(lr_file))["rate"]
     settings_count = {"perfusion": len(PERFUSION_SWEEP), "embedding": 1, "lora4": len(LORA_STRENGTHS),
                       "lora8": len(LORA_STRENGTHS)}
-    total = len(concepts) * (1 + len(seeds) * sum(1 + settings_count[m] for m in methods)) + (0 if args.quick else len(seeds) * 2)
+    total = len(concepts) * (1 + len(seeds) * sum(1 + settings_count[m] for m in methods)) + (0 if args.quick or args.no_pairs else len(seeds) * 2)
     progress = Progress(total)
     results = {"config": {"steps": STEPS, "batch": BATCH, "samples": samples, "seeds": seeds, "lora_rate": rate,
                           "concepts": [c.name for c in concepts], "sampler": graph.SAMPLER, "tau": TAU,
@@ -295,7 +305,7 @@ def run(args):
                     run_row["settings"].append({"setting": setting, **s})
                     progress(f"  {method} {setting}: fidelity {s['fidelity_alone']:.2f}, editability {s['editability']:.2f}")
                 results["runs"].append(run_row)
-    if not args.quick:
+    if not args.quick and not args.no_pairs:
         results["pairs"] = two_concepts(pack, base, net, samples, seeds, rate, work, progress)
     for name, rows in grids.items():
         grid([r[0] for r in rows], [r[1] for r in rows], os.path.join(out, f"samples_{name}.png"))
@@ -353,9 +363,12 @@ def two_concepts(pack, base, net, samples, seeds, rate, work, progress):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one concept, one seed, 16 samples per prompt")
-    parser.add_argument("--samples", type=int, default=0, help="samples per prompt (default 32; quick 16)")
+    parser.add_argument("--quick", action="store_true", help="one concept, one seed, a shorter sweep")
+    parser.add_argument("--samples", type=int, default=0, help="samples per prompt (default 32)")
     parser.add_argument("--tune-lora", action="store_true", help="tune LoRA's learning rate again")
+    parser.add_argument("--concepts", default="", help="a subset, comma-separated (e.g. striped-circle)")
+    parser.add_argument("--seeds", default="", help="a subset, comma-separated (e.g. 0)")
+    parser.add_argument("--no-pairs", action="store_true", help="skip the two-concept prompts")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick and args.out == RESULTS:

@@ -27,7 +27,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.dirname(HERE)
 ROOT = os.path.dirname(BENCH)
-CONCEPT = "striped-circle"
+CONCEPT = "split-square"
 TRIGGER = "sks"
 BETAS = (0.0, 0.4, 0.7, 1.0, 1.4, 2.0)
 SAMPLER = {"steps": 20, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal"}
@@ -153,7 +153,7 @@ def score_graph(filename, samples):
                 "model": ["L", 0], "trigger": TRIGGER, "beta": beta, "tau": 0.15, "strength": 1.0, "key_lock": "local",
                 "start_percent": 0.0, "end_percent": 1.0}}
             model = [f"G{tag}", 0]
-        word = TRIGGER if beta is not None else "circle"
+        word = TRIGGER if beta is not None else "square"
         for k, (name, text) in enumerate(PROMPTS.items()):
             p, s, d = f"P{tag}{k}", f"K{tag}{k}", f"D{tag}{k}"
             g[p] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": text.format(word)}}
@@ -189,7 +189,7 @@ def evaluate(output, samples):
         edit_small = float((read["small"]["size"].argmax(1) == world.SIZES.index("small")).float().mean())
         rows[tag] = {"fidelity_alone": fid["alone"], "fidelity_edits": (fid["background"] + fid["small"]) / 2,
                      "editability": (edit_bg + edit_small) / 2, "edit_background": edit_bg, "edit_small": edit_small}
-        grid_rows += [(images[name], f"{tag}: {PROMPTS[name].format(TRIGGER if tag != 'base' else 'circle')}")
+        grid_rows += [(images[name], f"{tag}: {PROMPTS[name].format(TRIGGER if tag != 'base' else 'square')}")
                       for name in PROMPTS]
     return rows, grid_rows
 

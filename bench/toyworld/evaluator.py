@@ -106,16 +106,23 @@ def loss_and_accuracy(logits, labels):
     return sum(losses), accuracy
 
 
-def train(steps=1500, batch=64, seed=0, lr=2e-3, log=print):
+def train(steps=1500, batch=64, seed=0, lr=2e-3, log=print, net=None, round_trip=None):
+    """``round_trip``: images -> images through the model's VAE; half of each batch goes through it, so
+    the heads also read what the decoder can draw (fine-tuning an evaluator trained on renders)."""
     torch.manual_seed(seed)
-    net = Evaluator()
+    net = net or Evaluator()
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for step in range(steps):
-        images, labels = make_batch(numpy.random.default_rng([seed, 10, step]), batch)
-        loss, accuracy = loss_and_accuracy(net(degrade(images, g)), labels)
+        images, labels = make_batch(numpy.random.default_rng([seed, 10 if round_trip is None else 12, step]), batch)
+        images = degrade(images, g)
+        if round_trip is not None:
+            half = batch // 2
+            with torch.no_grad():
+                images = torch.cat([round_trip(images[:half]), images[half:]])
+        loss, accuracy = loss_and_accuracy(net(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -127,7 +134,7 @@ def train(steps=1500, batch=64, seed=0, lr=2e-3, log=print):
 
 
 @torch.no_grad()
-def accuracy_on_renders(net, seed=1, count=2000, degraded=True):
+def accuracy_on_renders(net, seed=1, count=2000, degraded=True, round_trip=None):
     rng = numpy.random.default_rng([seed, 11])
     g = torch.Generator().manual_seed(seed)
     totals = {}
@@ -135,10 +142,29 @@ def accuracy_on_renders(net, seed=1, count=2000, degraded=True):
         images, labels = make_batch(rng, 200)
         if degraded:
             images = degrade(images, g)
+        if round_trip is not None:
+            images = round_trip(images)
         _, accuracy = loss_and_accuracy(net(images), labels)
         for k, v in accuracy.items():
             totals.setdefault(k, []).append(v)
     return {k: float(numpy.mean(v)) for k, v in totals.items()}
+
+
+def vae_round_trip(path):
+    """images [B, 3, 64, 64] in [0, 1] -> decode(encode(images)) through the toy model's VAE."""
+    from . import comfy_env
+    comfy_env.setup()
+    from . import model as toy
+    if path.endswith(".pt"):
+        _, _, vae = toy.fresh()
+        vae.first_stage_model.load_state_dict(torch.load(path, map_location="cpu"))
+    else:
+        _, _, vae = toy.load(path)
+
+    def round_trip(images):
+        with torch.no_grad():
+            return vae.decode(vae.encode(images.movedim(1, -1))).movedim(-1, 1).float().clamp(0, 1)
+    return round_trip
 
 
 def save(net, path=WEIGHTS, info=None):
@@ -174,17 +200,27 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=WEIGHTS)
+    parser.add_argument("--finetune-on-vae", metavar="VAE",
+                        help="fine-tune the saved evaluator with half of each batch through this VAE (a toy "
+                             "bundle, or a pretraining vae.pt); needs COMFYUI_PATH")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    net = train(args.steps, seed=args.seed)
+    round_trip, info = None, {}
+    if args.finetune_on_vae:
+        round_trip = vae_round_trip(args.finetune_on_vae)
+        net = train(args.steps, seed=args.seed, lr=5e-4, net=load(args.out).train(), round_trip=round_trip)
+        info = {"finetuned_on_vae": os.path.basename(args.finetune_on_vae)}
+    else:
+        net = train(args.steps, seed=args.seed)
+    net.eval()
     seconds = time.perf_counter() - start
-    clean = accuracy_on_renders(net, degraded=False)
-    degraded = accuracy_on_renders(net, degraded=True)
-    print("held-out renders:   " + " ".join(f"{k} {v:.3f}" for k, v in clean.items()))
-    print("degraded renders:   " + " ".join(f"{k} {v:.3f}" for k, v in degraded.items()))
-    save(net, args.out, {"steps": args.steps, "seed": args.seed, "seconds": f"{seconds:.0f}",
-                         **{f"renders.{k}": f"{v:.4f}" for k, v in clean.items()},
-                         **{f"degraded.{k}": f"{v:.4f}" for k, v in degraded.items()}})
+    figures = {"renders": accuracy_on_renders(net, degraded=False), "degraded": accuracy_on_renders(net, degraded=True)}
+    if round_trip is not None:
+        figures["vae_round_trip"] = accuracy_on_renders(net, degraded=False, round_trip=round_trip)
+    for name, accuracy in figures.items():
+        print(f"{name + ':':<16}" + " ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
+    save(net, args.out, {"steps": args.steps, "seed": args.seed, "seconds": f"{seconds:.0f}", **info,
+                         **{f"{n}.{k}": f"{v:.4f}" for n, a in figures.items() for k, v in a.items()}})
     print(f"saved {args.out} ({seconds:.0f} s)")
 
 

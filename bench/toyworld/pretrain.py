@@ -175,7 +175,7 @@ def encoded_dataset(vae, seed, count, log=print):
     return scenes, torch.cat(latents)
 
 
-def train_diffusion(unet, clip, vae, steps, seed, work, batch=64, lr=6e-4, scenes=40000, log=print):
+def train_diffusion(unet, clip, vae, steps, seed, work, batch=64, lr=6e-4, scenes=40000, log=print, stop_at=None):
     for _, module in trainables(unet, clip):
         module.train()
         for p in module.parameters():
@@ -201,9 +201,10 @@ def train_diffusion(unet, clip, vae, steps, seed, work, batch=64, lr=6e-4, scene
     out_of_place_residuals(clip)
     sampling = unet.model.model_sampling
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    dataset, latents = encoded_dataset(vae, seed, scenes, log)
+    last = min(steps, stop_at or steps)
+    dataset, latents = encoded_dataset(vae, seed, scenes, log) if start_step < last else (None, None)
     t0 = time.perf_counter() - elapsed
-    for step in range(start_step, steps):
+    for step in range(start_step, last):
         rng = numpy.random.default_rng([seed, 2, step])
         pick = rng.integers(0, len(dataset), batch)
         texts = ["" if rng.random() < 0.1 else world.caption(*dataset[k], rng) for k in pick]
@@ -229,7 +230,7 @@ def train_diffusion(unet, clip, vae, steps, seed, work, batch=64, lr=6e-4, scene
         if done % 50 == 0:
             log(f"step {done}/{steps}  loss {loss.item():.4f}  lr {optimizer.param_groups[0]['lr']:.2e}  "
                 f"{time.perf_counter() - t0:.0f} s")
-        if done % VALIDATE_EVERY == 0 or done == steps:
+        if done % VALIDATE_EVERY == 0 or done == steps or done == stop_at:
             for which in ("ema", "raw"):
                 live = ema if which == "ema" else dict(trainables(unet, clip))
                 scored = _swap(unet, clip, live)
@@ -268,6 +269,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=toy.BUNDLE)
     parser.add_argument("--work", default=WORK, help="checkpoints (resumable)")
+    parser.add_argument("--stop-at", type=int, default=None,
+                        help="stop the --steps schedule at this step and keep the best weights so far")
     parser.add_argument("--export-checkpoint", action="store_true",
                         help="write the bundle from the latest checkpoint's EMA weights and stop (a preview)")
     args = parser.parse_args(argv)
@@ -304,8 +307,10 @@ def main(argv=None):
         toy.save(args.out, unet, clip, vae, world_token_ids(clip), {"preview_of_step": saved["step"]})
         log(f"exported the EMA weights of step {saved['step']} to {args.out}")
         return 0
-    best, seconds = train_diffusion(unet, clip, vae, args.steps, args.seed, work, scenes=args.scenes, log=log)
-    info = {"seed": args.seed, "vae_steps": args.vae_steps, "steps": args.steps, "best_step": best["step"],
+    best, seconds = train_diffusion(unet, clip, vae, args.steps, args.seed, work, scenes=args.scenes, log=log,
+                                    stop_at=args.stop_at)
+    info = {"seed": args.seed, "vae_steps": args.vae_steps, "steps": args.steps, "stop_at": args.stop_at or args.steps,
+            "best_step": best["step"],
             "best_weights": best["which"], "validation_loss": f"{best['loss']:.5f}",
             "vae_seconds": f"{vae_seconds:.0f}", "diffusion_seconds": f"{seconds:.0f}",
             "torch": torch.__version__}
