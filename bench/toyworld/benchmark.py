@@ -42,6 +42,9 @@ import numpy
 from . import graph
 from . import world
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from train_vs_lora import PeakRSS  # noqa: E402  (bench/'s peak-memory sampler)
+
 STEPS, BATCH = 200, 8
 TRIGGERS = {"striped-circle": "sks", "split-square": "ohwx", "bullseye-circle": "bnha", "dotted-square": "klm"}
 PERFUSION_SWEEP = [(beta, 1.0) for beta in (0.0, 0.4, 0.7, 1.0, 1.4, 2.0)] + [(0.7, 0.5)]
@@ -74,39 +77,6 @@ def prompt_set(concept: world.Concept, word: str):
 def references(concept):
     import torch
     return torch.from_numpy(world.references(concept))
-
-
-class PeakRSS:
-    """Peak resident memory of this process while the block runs (sampled every 20 ms)."""
-
-    def __enter__(self):
-        import threading
-        self.base = self.peak = _rss()
-        self._stop = False
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self):
-        while not self._stop:
-            self.peak = max(self.peak, _rss())
-            time.sleep(0.02)
-
-    def __exit__(self, *exc):
-        self._stop = True
-        self._thread.join()
-
-    @property
-    def above_base(self):
-        return self.peak - self.base
-
-
-def _rss():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 # --- training -----------------------------------------------------------------------------------------------
@@ -143,7 +113,7 @@ def train_perfusion(pack, base, concept, seed, train_values=True, steps=STEPS):
         return model, patched_clip
 
     settings = PERFUSION_SWEEP if train_values else [(0.7, 0.0)]
-    return Trained("perfusion" if train_values else "embedding", concept, seed, seconds, peak.above_base,
+    return Trained("perfusion" if train_values else "embedding", concept, seed, seconds, (peak.peak - peak.base),
                    os.path.getsize(path), variant, trigger, settings, losses)
 
 
@@ -169,7 +139,7 @@ def train_lora(pack, base, concept, seed, rank, rate, steps=STEPS, work=None):
         with torch.inference_mode():
             return LoraModelLoader().load_lora_model(unet, lora, strength)[0], clip
 
-    return Trained(f"lora{rank}", concept, seed, seconds, peak.above_base, os.path.getsize(path), variant, word,
+    return Trained(f"lora{rank}", concept, seed, seconds, (peak.peak - peak.base), os.path.getsize(path), variant, word,
                    list(LORA_STRENGTHS), loss.get("loss"), lora=lora)
 
 
