@@ -275,7 +275,7 @@ def test_gate_sweep_renders_a_labelled_grid(base, concept_dir):
     off_a, off_b, on_a, on_b = cells(grid)
     assert torch.equal(off_a, off_b) and not torch.equal(on_a, on_b)
     assert model_patch.gate_settings(patched)["sks"].beta == 0.7                # input model untouched
-    for bad, message in (({"betas": "0.5, high"}, "'high' is not a number"), ({"betas": "1.5"}, "out of range"),
+    for bad, message in (({"betas": "0.5, high"}, "'high' is not a number"), ({"betas": "2.5"}, "out of range"),
                          ({"strengths": ""}, "expected a list of numbers")):
         with pytest.raises(ConceptError, match=message):
             sweep.sweep(patched, **{"betas": "0.5", "strengths": "1.0", **bad}, **args)
