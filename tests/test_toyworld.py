@@ -79,3 +79,54 @@ def test_the_committed_evaluator_reads_clean_renders():
     read = evaluator.read(net, images)
     assert read["concept"].shape == (5, len(world.ALL_CONCEPTS) + 1)
     assert (read["concept"].argmax(1) == 1).all()
+
+
+def _score(fidelity, edit):
+    per_prompt = {"alone": {"fidelity": fidelity, "leak": 0.5}}
+    for name in ("background", "small", "second", "left"):
+        per_prompt[name] = {"fidelity": fidelity / 2, "edit": edit, **({} if name == "background" else {"leak": 0.5})}
+    from toyworld import benchmark
+    return benchmark.summarise(per_prompt)
+
+
+def test_benchmark_units_cover_every_run_in_report_order():
+    from toyworld import benchmark
+    units = benchmark.run_units(world.CONCEPTS[:2], [0, 1], pairs=True)
+    assert units == [("base", "striped-circle", 0), ("run", "striped-circle", 0), ("run", "striped-circle", 1),
+                     ("base", "split-square", 0), ("run", "split-square", 0), ("run", "split-square", 1),
+                     ("pair", "", 0), ("pair", "", 1)]
+    assert benchmark.unit_weight(units[1]) > benchmark.unit_weight(units[6]) > benchmark.unit_weight(units[0])
+
+
+def test_a_benchmark_part_round_trips_its_sample_rows(tmp_path):
+    from toyworld import benchmark
+    images = numpy.random.default_rng(0).random((3, 64, 64, 3)).astype(numpy.float32)
+    part = {"baseline": {"split-square": _score(0.1, 0.9)}}
+    benchmark._save_part(part, [(images, "a square")], str(tmp_path / "base-split-square-0"))
+    loaded, rows = benchmark._load_part(str(tmp_path / "base-split-square-0"))
+    assert loaded == part
+    assert rows[0][1] == "a square" and numpy.abs(rows[0][0] - images).max() <= 1 / 255 + 1e-6
+
+
+def test_the_report_has_every_method_the_pairs_and_the_plot(tmp_path):
+    pytest.importorskip("PIL")
+    from toyworld import report
+    runs = []
+    for seed in (0, 1):
+        runs.append({"method": "perfusion", "concept": "split-square", "seed": seed, "seconds": 30, "peak_bytes": 2**20,
+                     "file_bytes": 7000, "settings": [{"setting": [b, 1.0], **_score(0.8 - b / 4, 0.3 + b / 4)}
+                                                      for b in (0.0, 0.7, 2.0)]})
+        runs.append({"method": "lora8", "concept": "split-square", "seed": seed, "seconds": 40, "peak_bytes": 2**21,
+                     "file_bytes": 3 * 2**20, "settings": [{"setting": s, **_score(s * 0.7, 0.6)} for s in (0.5, 1.0)]})
+    pair = {"prompt": "p", "fidelity_main": 0.5, "fidelity_second": 0.2, "second_present": 0.9, "edit": 0.7}
+    results = {"config": {"steps": 200, "batch": 8, "samples": 32, "seeds": [0, 1], "lora_rate": 3e-4,
+                          "concepts": ["split-square"], "sampler": {}, "tau": 0.15, "torch": "x", "quick": False},
+               "baseline": {"split-square": _score(0.02, 0.6)}, "runs": runs,
+               "pairs": [{"method": m, "seed": s, "pair": pair, "pair_background": pair}
+                         for m in ("perfusion", "lora8") for s in (0, 1)]}
+    agg = report.write(results, str(tmp_path))
+    text = (tmp_path / "report.md").read_text()
+    assert "| Perfusion | 0.62 ± 0.00" in text and "| LoRA rank 8 | 0.70 ± 0.00" in text
+    assert "## Two concepts in one prompt" in text and "0.50 ± 0.00" in text
+    assert agg["perfusion"]["[2.0, 1.0]"]["editability"][0] == pytest.approx(0.8)
+    assert (tmp_path / "fidelity_editability.png").stat().st_size > 1000

@@ -1,8 +1,12 @@
 """The toy-world benchmark: Perfusion against ComfyUI's LoRA trainer and textual inversion, on the same
 reference images and step budget, through the real nodes and KSampler, scored by the evaluator.
 
-    cd bench && COMFYUI_PATH=... python -m toyworld.benchmark            # 3 concepts x 3 seeds (about 2 h on 1 core)
-    cd bench && COMFYUI_PATH=... python -m toyworld.benchmark --quick    # 1 concept, 1 seed (about 15 min)
+    cd bench && COMFYUI_PATH=... python -m toyworld.benchmark --jobs 2   # 3 concepts x 3 seeds, two-concept prompts
+    cd bench && COMFYUI_PATH=... python -m toyworld.benchmark --quick    # 1 concept, 1 seed
+
+``--jobs N`` runs the independent units (the base model per concept, each concept x seed, each seed's
+two-concept prompts) in N worker processes of one torch thread each and merges their parts; the numbers
+are deterministic for a seed and a --jobs setting (the thread count changes float rounding).
 
 Methods (all 5 reference images of a concept, no masks, no flips, ``STEPS`` optimizer steps of
 ``BATCH`` images):
@@ -47,10 +51,10 @@ from train_vs_lora import PeakRSS  # noqa: E402  (bench/'s peak-memory sampler)
 
 STEPS, BATCH = 200, 8
 TRIGGERS = {"striped-circle": "sks", "split-square": "ohwx", "bullseye-circle": "bnha", "dotted-square": "klm"}
-PERFUSION_SWEEP = [(beta, 1.0) for beta in (0.0, 0.4, 0.7, 1.0, 1.4, 2.0)] + [(0.7, 0.5)]
+PERFUSION_SWEEP = [(beta, 1.0) for beta in (0.0, 0.2, 0.4, 0.7, 1.0, 2.0)] + [(0.4, 0.5)]
 LORA_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
 QUICK_CONCEPT = "split-square"          # the concept this VAE renders most faithfully (docs/toyworld.md)
-QUICK_PERFUSION_SWEEP = [(0.0, 1.0), (0.7, 1.0), (1.4, 1.0), (2.0, 1.0)]
+QUICK_PERFUSION_SWEEP = [(0.0, 1.0), (0.4, 1.0), (0.7, 1.0), (2.0, 1.0)]
 QUICK_LORA_STRENGTHS = (0.5, 1.0)
 LORA_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
 DEFAULT_LORA_RATE = 1e-3
@@ -91,8 +95,9 @@ class Trained:
         self.variant, self.word, self.settings, self.losses = variant, word, settings, losses
 
 
-def train_perfusion(pack, base, concept, seed, train_values=True, steps=STEPS):
+def train_perfusion(pack, base, concept, seed, train_values=True, steps=None):
     import torch
+    steps = steps or STEPS
     unet, clip, vae = base
     trigger = TRIGGERS[concept.name]
     name = f"{'perfusion' if train_values else 'embedding'}-{concept.name}-{seed}"
@@ -117,8 +122,9 @@ def train_perfusion(pack, base, concept, seed, train_values=True, steps=STEPS):
                    os.path.getsize(path), variant, trigger, settings, losses)
 
 
-def train_lora(pack, base, concept, seed, rank, rate, steps=STEPS, work=None):
+def train_lora(pack, base, concept, seed, rank, rate, steps=None, work=None):
     import torch
+    steps = steps or STEPS
     from safetensors.torch import save_file
     from comfy_extras.nodes_train import LoraModelLoader, TrainLoraNode
     unet, clip, vae = base
@@ -208,29 +214,157 @@ def tune_lora_rate(pack, base, net, samples, work, log=print):
     return best, {str(r): {k: v for k, v in s.items() if k != "per_prompt"} for r, s in scores.items()}
 
 
-def run(args):
-    import torch
-    work = tempfile.mkdtemp(prefix="toyworld-bench-")
-    pack = graph.setup(work)
+def run_units(concepts, seeds, pairs):
+    """The benchmark's independent units, in report order: ("base", concept, 0) scores the base model,
+    ("run", concept, seed) trains and sweeps every method, ("pair", "", seed) the two-concept prompts."""
+    out = []
+    for concept in concepts:
+        out.append(("base", concept.name, 0))
+        out += [("run", concept.name, seed) for seed in seeds]
+    if pairs:
+        out += [("pair", "", seed) for seed in seeds]
+    return out
+
+
+def unit_weight(unit):
+    """Rough cost in scoring passes (one training ~ two), for the ETA."""
+    kind = unit[0]
+    if kind == "base":
+        return 1
+    if kind == "pair":
+        return 12
+    return 2 * len(METHODS) + len(PERFUSION_SWEEP) + 1 + 2 * len(LORA_STRENGTHS)
+
+
+METHODS = ("perfusion", "embedding", "lora4", "lora8")
+
+
+def run_unit(unit, ctx, progress):
+    """One unit: {"baseline": {...}} | {"runs": [...]} | {"pairs": [...]}, and its sample-grid rows."""
+    kind, name, seed = unit
+    pack, base, net, samples, rate, work = (ctx[k] for k in ("pack", "base", "net", "samples", "rate", "work"))
+    unet, clip, vae = base
+    if kind == "pair":
+        return {"pairs": two_concepts(pack, base, net, samples, [seed], rate, work, progress)}, []
+    concept = next(c for c in world.ALL_CONCEPTS if c.name == name)
+    rows = []
+    if kind == "base":
+        baseline = score(net, unet, clip, vae, concept, concept.superclass, samples, 0, rows)
+        progress(f"base model, '{concept.superclass}' prompts ({concept.name})")
+        return {"baseline": {concept.name: baseline}}, rows[:3]
+    grid_rows, runs = [], []
+    for method in METHODS:
+        if method in ("perfusion", "embedding"):
+            trained = train_perfusion(pack, base, concept, seed, train_values=method == "perfusion")
+        else:
+            trained = train_lora(pack, base, concept, seed, int(method[4:]), rate, work=work)
+        progress(f"trained {method} on {concept.name}, seed {seed} ({trained.seconds:.0f} s)", 2)
+        run_row = {"method": method, "concept": concept.name, "seed": seed, "seconds": trained.seconds,
+                   "peak_bytes": trained.peak, "file_bytes": trained.file_bytes, "settings": []}
+        for setting in trained.settings:
+            model, patched = trained.variant(setting)
+            rows = [] if seed == 0 and setting in ((0.7, 1.0), (0.7, 0.0), 1.0) else None
+            s = score(net, model, patched, vae, concept, trained.word, samples, seed, rows)
+            if rows:
+                grid_rows.extend(rows[:3])
+            run_row["settings"].append({"setting": setting, **s})
+            progress(f"  {method} {setting}: fidelity {s['fidelity_alone']:.2f}, editability {s['editability']:.2f}")
+        runs.append(run_row)
+    return {"runs": runs}, grid_rows
+
+
+def _unit_name(unit):
+    return "-".join(str(u) for u in unit if u != "")
+
+
+def _save_part(part, rows, path):
+    import numpy as np
+    arrays = {f"row{k}": (np.asarray(images, dtype=np.float32).clip(0, 1) * 255).astype(np.uint8)
+              for k, (images, _) in enumerate(rows)}
+    np.savez(path + ".npz", **arrays)
+    with open(path + ".json", "w") as f:
+        json.dump({"part": part, "captions": [caption for _, caption in rows]}, f)
+
+
+def _load_part(path):
+    import numpy as np
+    saved = json.load(open(path + ".json"))
+    arrays = np.load(path + ".npz")
+    rows = [(arrays[f"row{k}"].astype(np.float32) / 255, caption) for k, caption in enumerate(saved["captions"])]
+    return saved["part"], rows
+
+
+def _run_in_processes(units, args, rate, jobs, parts, progress):
+    """Each unit in its own process with one torch thread (two such processes on two cores do more work
+    than one process with two threads); returns when all are done, or raises with the failed unit's log."""
+    import concurrent.futures
+    import subprocess
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOYWORLD_TORCH_THREADS": "1"}
+    bench = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def one(unit):
+        path = os.path.join(parts, _unit_name(unit))
+        cmd = [sys.executable, "-m", "toyworld.benchmark", "--unit", ":".join(map(str, unit)), "--part", path,
+               "--samples", str(args.samples or 32), "--lora-rate", repr(rate),
+               "--train-steps", str(STEPS)] + (["--quick"] if args.quick else [])
+        with open(path + ".log", "w") as log:
+            code = subprocess.call(cmd, cwd=bench, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if code != 0:
+            tail = open(path + ".log").read()[-3000:]
+            raise RuntimeError(f"benchmark unit {unit} failed (exit {code}); its log {path}.log ends:\n{tail}")
+        return unit
+
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(one, u) for u in sorted(units, key=unit_weight, reverse=True)]
+        for future in concurrent.futures.as_completed(futures):
+            unit = future.result()
+            progress(f"done: {_unit_name(unit)}", unit_weight(unit))
+
+
+def _context(args, rate, work):
+    pack = graph.setup(work)              # makes ComfyUI importable first
     from . import evaluator
     from . import model as toy
-    from .pictures import grid
-    base = toy.load()
-    unet, clip, vae = base
-    net = evaluator.load()
-    out = args.out
-    os.makedirs(out, exist_ok=True)
+    return {"pack": pack, "base": toy.load(), "net": evaluator.load(), "samples": args.samples or 32, "rate": rate,
+            "work": work}
+
+
+def _apply_quick(args):
     global PERFUSION_SWEEP, LORA_STRENGTHS
     if args.quick:
         PERFUSION_SWEEP, LORA_STRENGTHS = QUICK_PERFUSION_SWEEP, QUICK_LORA_STRENGTHS
-    concepts = [c for c in world.CONCEPTS if c.name == QUICK_CONCEPT] if args.quick else world.CONCEPTS
+
+
+def run_one_unit(args):
+    """``--unit``: one unit into ``--part`` (the worker side of ``--jobs``)."""
+    import torch
+    torch.set_num_threads(int(os.environ.get("TOYWORLD_TORCH_THREADS", "0")) or torch.get_num_threads())
+    _apply_quick(args)
+    kind, name, seed = args.unit.split(":")
+    unit = (kind, name, int(seed))
+    work = tempfile.mkdtemp(prefix="toyworld-unit-")
+    ctx = _context(args, args.lora_rate, work)
+    progress = Progress(unit_weight(unit))
+    part, rows = run_unit(unit, ctx, progress)
+    _save_part(part, rows, args.part)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args):
+    import torch
+    work = tempfile.mkdtemp(prefix="toyworld-bench-")
+    ctx = _context(args, None, work)
+    from .pictures import grid
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    _apply_quick(args)
+    concepts = [c for c in world.CONCEPTS if c.name == QUICK_CONCEPT] if args.quick else list(world.CONCEPTS)
     if args.concepts:
         concepts = [c for c in world.CONCEPTS if c.name in args.concepts.split(",")]
     seeds = [0] if args.quick else [0, 1, 2]
     if args.seeds:
         seeds = [int(s) for s in args.seeds.split(",")]
-    samples = args.samples or 32
-    methods = ["perfusion", "embedding", "lora4", "lora8"]
+    samples = ctx["samples"]
     lr_file = os.path.join(out, "lora_rate.json")
     tuning = None
     if args.tune_lora or not os.path.exists(lr_file):
@@ -238,45 +372,37 @@ def run(args):
             rate = DEFAULT_LORA_RATE
         else:
             print("tuning LoRA's learning rate on the tuning concept ...", flush=True)
-            rate, tuning = tune_lora_rate(pack, base, net, samples, work)
+            rate, tuning = tune_lora_rate(ctx["pack"], ctx["base"], ctx["net"], samples, work)
             with open(lr_file, "w") as f:
                 json.dump({"rate": rate, "scores": tuning, "samples": samples}, f, indent=1)
     else:
-        rate = json.load(open(lr_file))["rate"]
-    settings_count = {"perfusion": len(PERFUSION_SWEEP), "embedding": 1, "lora4": len(LORA_STRENGTHS),
-                      "lora8": len(LORA_STRENGTHS)}
-    total = len(concepts) * (1 + len(seeds) * sum(1 + settings_count[m] for m in methods)) + (0 if args.quick or args.no_pairs else len(seeds) * 2)
-    progress = Progress(total)
+        saved = json.load(open(lr_file))
+        rate, tuning = saved["rate"], saved.get("scores")
+    ctx["rate"] = rate
+    units = run_units(concepts, seeds, pairs=not (args.quick or args.no_pairs))
+    progress = Progress(sum(unit_weight(u) for u in units))
     results = {"config": {"steps": STEPS, "batch": BATCH, "samples": samples, "seeds": seeds, "lora_rate": rate,
                           "concepts": [c.name for c in concepts], "sampler": graph.SAMPLER, "tau": TAU,
-                          "torch": torch.__version__, "quick": bool(args.quick)},
+                          "torch": torch.__version__, "quick": bool(args.quick), "jobs": args.jobs},
                "baseline": {}, "runs": []}
+    if args.jobs > 1:
+        # the toy CLIP's covariance once, here, before the workers need it
+        ctx["pack"].nodes.covariance_cache.covariance_for(ctx["base"][1], show_progress=False)
+        parts = os.path.join(work, "parts")
+        os.makedirs(parts)
+        print(f"{len(units)} units in {args.jobs} processes (logs in {parts})", flush=True)
+        _run_in_processes(units, args, rate, args.jobs, parts, progress)
+        done = [(u, *_load_part(os.path.join(parts, _unit_name(u)))) for u in units]
+    else:
+        done = [(u, *run_unit(u, ctx, progress)) for u in units]
     grids = {}
-    for concept in concepts:
-        rows = []
-        results["baseline"][concept.name] = score(net, unet, clip, vae, concept, concept.superclass, samples, 0, rows)
-        grids.setdefault(concept.name, []).extend(rows[:3])
-        progress(f"base model, '{concept.superclass}' prompts ({concept.name})")
-        for seed in seeds:
-            for method in methods:
-                if method in ("perfusion", "embedding"):
-                    trained = train_perfusion(pack, base, concept, seed, train_values=method == "perfusion")
-                else:
-                    trained = train_lora(pack, base, concept, seed, int(method[4:]), rate, work=work)
-                progress(f"trained {method} on {concept.name}, seed {seed} ({trained.seconds:.0f} s)")
-                run_row = {"method": method, "concept": concept.name, "seed": seed, "seconds": trained.seconds,
-                           "peak_bytes": trained.peak, "file_bytes": trained.file_bytes, "settings": []}
-                for setting in trained.settings:
-                    model, patched = trained.variant(setting)
-                    rows = [] if seed == 0 and setting in ((0.7, 1.0), (0.7, 0.0), 1.0) else None
-                    s = score(net, model, patched, vae, concept, trained.word, samples, seed, rows)
-                    if rows:
-                        grids[concept.name].extend(rows[:3])
-                    run_row["settings"].append({"setting": setting, **s})
-                    progress(f"  {method} {setting}: fidelity {s['fidelity_alone']:.2f}, editability {s['editability']:.2f}")
-                results["runs"].append(run_row)
-    if not args.quick and not args.no_pairs:
-        results["pairs"] = two_concepts(pack, base, net, samples, seeds, rate, work, progress)
+    for unit, part, rows in done:
+        results["baseline"].update(part.get("baseline", {}))
+        results["runs"] += part.get("runs", [])
+        if "pairs" in part:
+            results.setdefault("pairs", []).extend(part["pairs"])
+        if rows:
+            grids.setdefault(unit[1], []).extend(rows)
     for name, rows in grids.items():
         grid([r[0] for r in rows], [r[1] for r in rows], os.path.join(out, f"samples_{name}.png"))
     if tuning:
@@ -327,11 +453,13 @@ def two_concepts(pack, base, net, samples, seeds, rate, work, progress):
                 if name == "pair_background":
                     row[name]["edit"] = float((read["background"].argmax(1) == world.COLOUR_NAMES.index("yellow")).float().mean())
             out.append(row)
-            progress(f"two concepts, {method}, seed {seed}: {row['pair']['fidelity_main']:.2f} / {row['pair']['fidelity_second']:.2f}")
+            progress(f"two concepts, {method}, seed {seed}: {row['pair']['fidelity_main']:.2f} / "
+                     f"{row['pair']['fidelity_second']:.2f}", 6)
     return out
 
 
 def main(argv=None):
+    global STEPS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one concept, one seed, a shorter sweep")
     parser.add_argument("--samples", type=int, default=0, help="samples per prompt (default 32)")
@@ -339,8 +467,17 @@ def main(argv=None):
     parser.add_argument("--concepts", default="", help="a subset, comma-separated (e.g. striped-circle)")
     parser.add_argument("--seeds", default="", help="a subset, comma-separated (e.g. 0)")
     parser.add_argument("--no-pairs", action="store_true", help="skip the two-concept prompts")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="worker processes, one torch thread each (2 on a 2-core machine)")
     parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--unit", default="", help=argparse.SUPPRESS)          # the worker side of --jobs
+    parser.add_argument("--part", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--lora-rate", type=float, default=DEFAULT_LORA_RATE, help=argparse.SUPPRESS)
+    parser.add_argument("--train-steps", type=int, default=STEPS, help=argparse.SUPPRESS)   # smoke tests only
     args = parser.parse_args(argv)
+    STEPS = args.train_steps
+    if args.unit:
+        return run_one_unit(args)
     if args.quick and args.out == RESULTS:
         args.out = QUICK_RESULTS
     run(args)

@@ -46,7 +46,9 @@ class Server:
         cpu = [] if _has_cuda() else ["--cpu"]
         cmd = [sys.executable, "main.py", *cpu, "--listen", "127.0.0.1", "--port", str(port), "--base-directory", base,
                "--disable-auto-launch", "--disable-api-nodes", "--database-url", "sqlite:///:memory:"]
-        self.process = subprocess.Popen(cmd, cwd=comfyui, stdout=self.log, stderr=subprocess.STDOUT)
+        from toyworld import graph
+        env = {**os.environ, "PERFUSION_CAPTIONS": graph.world_corpus()}     # C over the world's captions
+        self.process = subprocess.Popen(cmd, cwd=comfyui, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def request(self, path, body=None):
         data = json.dumps(body).encode() if body is not None else None

@@ -3,7 +3,8 @@ and functions a queued workflow calls (CLIPTextEncode, KSampler, VAEEncode/VAEDe
 LoraModelLoader, and the pack's trainer, loader and gate nodes), without the HTTP server.
 
 ``setup(work)`` makes ComfyUI importable, points ``models/perfusion`` at ``work/perfusion`` (the covariance
-cache is kept in ``~/.cache`` across runs) and loads the pack as ComfyUI would.
+cache is kept in ``~/.cache`` across runs), loads the pack as ComfyUI would, and gives Perfusion's
+covariance the world's own captions (``world_corpus``; a server gets them through PERFUSION_CAPTIONS).
 """
 
 from __future__ import annotations
@@ -38,7 +39,22 @@ def setup(work: str):
         from pack_loader import load_pack
         _pack = load_pack()
     _link_covariance_cache(concepts)
+    # C over the world's own captions (as PERFUSION_CAPTIONS would set it in a server)
+    _pack.nodes.covariance_cache.CORPUS = world_corpus()
     return _pack
+
+
+def world_corpus() -> str:
+    """The world's caption corpus as a file (written once into the cache), for PERFUSION_CAPTIONS."""
+    from . import world
+    path = os.path.join(CACHE, "world_captions_v1.txt")
+    if not os.path.exists(path):
+        os.makedirs(CACHE, exist_ok=True)
+        tmp = path + f".{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("\n".join(world.caption_corpus()) + "\n")
+        os.replace(tmp, path)
+    return path
 
 
 def _link_covariance_cache(concepts):

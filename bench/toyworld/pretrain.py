@@ -1,6 +1,6 @@
 """Pretrains the toy world's model: first the VAE, then the UNet and the text encoder together.
 
-    cd bench && COMFYUI_PATH=... python -m toyworld.pretrain [--vae-steps 800] [--steps 4000] [--out PATH]
+    cd bench && COMFYUI_PATH=... python -m toyworld.pretrain [--vae-steps 1000] [--steps 4800] [--out PATH]
 
 Deterministic for a seed on one machine (every batch comes from ``default_rng([seed, stage, step])``).
 Resumable: a checkpoint in ``--work`` every 250 steps; rerunning the command continues from it.
@@ -264,7 +264,7 @@ def _swap(unet, clip, modules: dict):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vae-steps", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=2200)
+    parser.add_argument("--steps", type=int, default=4800)
     parser.add_argument("--scenes", type=int, default=40000, help="pre-encoded scenes for the diffusion stage")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=toy.BUNDLE)

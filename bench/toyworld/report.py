@@ -155,17 +155,20 @@ def write(results, out):
     if results.get("pairs"):
         lines += ["", "## Two concepts in one prompt", "",
                   "striped-circle (the large object) and split-square (the small one): Perfusion with two loaders, "
-                  "LoRA rank 8 with two LoRAs at strength 1.", "",
+                  "LoRA rank 8 with two LoRAs at strength 1; ± 1 standard error over seeds.", "",
                   "| method | fidelity, first | fidelity, second | second object drawn | background edit: fidelity first / second | background accuracy |",
                   "|---|---|---|---|---|---|"]
         for method in ("perfusion", "lora8"):
             rows = [r for r in results["pairs"] if r["method"] == method]
             if not rows:
                 continue
-            m = lambda k, f: numpy.mean([r[k][f] for r in rows])
-            lines.append(f"| {LABELS[method]} | {m('pair', 'fidelity_main'):.2f} | {m('pair', 'fidelity_second'):.2f} | "
-                         f"{m('pair', 'second_present'):.2f} | {m('pair_background', 'fidelity_main'):.2f} / "
-                         f"{m('pair_background', 'fidelity_second'):.2f} | {m('pair_background', 'edit'):.2f} |")
+            def m(k, f):
+                v = numpy.asarray([r[k][f] for r in rows], dtype=float)
+                se = v.std(ddof=1) / len(v) ** 0.5 if len(v) > 1 else 0.0
+                return f"{v.mean():.2f} ± {se:.2f}"
+            lines.append(f"| {LABELS[method]} | {m('pair', 'fidelity_main')} | {m('pair', 'fidelity_second')} | "
+                         f"{m('pair', 'second_present')} | {m('pair_background', 'fidelity_main')} / "
+                         f"{m('pair_background', 'fidelity_second')} | {m('pair_background', 'edit')} |")
     if results.get("lora_tuning"):
         lines += ["", "## LoRA learning rate (tuned on dotted-square, rank 8, strength 1)", "",
                   "| lr | fidelity (alone) | editability |", "|---|---|---|"]

@@ -215,6 +215,13 @@ def caption(scene: Scene, position, rng, drop=0.3, word_for_main=None) -> str:
     return " ".join(words)
 
 
+def caption_corpus(count=6000, seed=0) -> list[str]:
+    """Pretraining-distribution captions: the corpus for Perfusion's text-encoding covariance C on this
+    world's encoder (the pack's default corpus is English captions, words this encoder never saw)."""
+    rng = numpy.random.default_rng([seed, 30])
+    return [caption(*random_scene(rng), rng) for _ in range(count)]
+
+
 def training_pair(rng):
     """One pretraining example: (image, caption) of a concept-free scene; the caption is empty with p 0.1
     (for classifier-free guidance)."""

@@ -5,7 +5,8 @@ Images" a concept's 5 reference images."""
 import os
 import sys
 
-BENCH = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# realpath: the demo links this folder into a scratch custom_nodes/
+BENCH = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 if BENCH not in sys.path:
     sys.path.insert(0, BENCH)
 
