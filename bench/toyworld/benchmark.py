@@ -278,19 +278,17 @@ def _unit_name(unit):
 
 
 def _save_part(part, rows, path):
-    import numpy as np
-    arrays = {f"row{k}": (np.asarray(images, dtype=np.float32).clip(0, 1) * 255).astype(np.uint8)
+    arrays = {f"row{k}": (numpy.asarray(images, dtype=numpy.float32).clip(0, 1) * 255).astype(numpy.uint8)
               for k, (images, _) in enumerate(rows)}
-    np.savez(path + ".npz", **arrays)
+    numpy.savez(path + ".npz", **arrays)
     with open(path + ".json", "w") as f:
         json.dump({"part": part, "captions": [caption for _, caption in rows]}, f)
 
 
 def _load_part(path):
-    import numpy as np
     saved = json.load(open(path + ".json"))
-    arrays = np.load(path + ".npz")
-    rows = [(arrays[f"row{k}"].astype(np.float32) / 255, caption) for k, caption in enumerate(saved["captions"])]
+    arrays = numpy.load(path + ".npz")
+    rows = [(arrays[f"row{k}"].astype(numpy.float32) / 255, caption) for k, caption in enumerate(saved["captions"])]
     return saved["part"], rows
 
 
@@ -299,7 +297,7 @@ def _run_in_processes(units, args, rate, jobs, parts, progress):
     than one process with two threads); returns when all are done, or raises with the failed unit's log."""
     import concurrent.futures
     import subprocess
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOYWORLD_TORCH_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}      # torch reads these at start
     bench = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
     def one(unit):
@@ -337,8 +335,6 @@ def _apply_quick(args):
 
 def run_one_unit(args):
     """``--unit``: one unit into ``--part`` (the worker side of ``--jobs``)."""
-    import torch
-    torch.set_num_threads(int(os.environ.get("TOYWORLD_TORCH_THREADS", "0")) or torch.get_num_threads())
     _apply_quick(args)
     kind, name, seed = args.unit.split(":")
     unit = (kind, name, int(seed))

@@ -19,15 +19,17 @@ from . import graph
 from . import world
 
 
-def token_gates(clip, concept, prompt, beta, tau):
-    """[(token text, similarity, gate)] for the prompt's tokens up to its end token."""
+def token_gates(clip, concept, prompt, beta, tau, gated_edit):
+    """[(token text, similarity, gate)] for the prompt's tokens up to its end token; ``gated_edit`` is the
+    pack's core module, whose similarity and gate these are."""
     import torch
     tokens = clip.tokenize(prompt)
     ids = [t if isinstance(t, int) else -1 for t, *_ in tokens["l"][0]]     # -1: the trigger's learned embedding
     with torch.inference_mode():
         context = clip.encode_from_tokens(tokens)[0].float()          # [77, D]
-    similarity = (context @ concept.G_i_star) / (concept.i_star @ concept.G_i_star)
-    gate = torch.sigmoid((similarity - beta) / tau)
+    basis = gated_edit.ProjectionBasis(concept.i_star[None], concept.G_i_star[None], concept.superclass_encoding[None])
+    similarity = (context @ basis.coefficients)[:, 0]                        # the pack's s(e), paper Eq. 3
+    gate = gated_edit.gate(similarity, beta, tau)
     vocab = {v: k for k, v in clip.tokenizer.clip_l.tokenizer.get_vocab().items()}
     end = ids.index(49407) + 2 if 49407 in ids else len(ids)
     vocab[-1] = "<trigger>"
@@ -56,7 +58,7 @@ def main(argv=None):
     for prompt in (f"a {word}", f"a {word} on a {benchmark.EDIT_BACKGROUND[concept.name]} background",
                    f"a small {word}", f"a {concept.superclass} on a {benchmark.EDIT_BACKGROUND[concept.name]} background"):
         print(f"\n{prompt!r}  (beta {args.beta:g}, tau {args.tau:g})")
-        for text, s, g in token_gates(clip, learned, prompt, args.beta, args.tau):
+        for text, s, g in token_gates(clip, learned, prompt, args.beta, args.tau, pack.core.gated_edit):
             print(f"  {text:<14} s {s:6.2f}   gate {g:5.2f}")
 
 
