@@ -36,11 +36,23 @@ def test_captions_use_only_world_words_and_never_name_a_pattern():
     assert 20 < sum(t == "" for t in texts) < 80          # ~10% empty captions, for classifier-free guidance
 
 
-def test_pretraining_scenes_hold_no_concept():
+def test_pretraining_scenes_hold_no_concept_but_other_patterns():
     rng = numpy.random.default_rng(1)
-    for _ in range(300):
-        scene, _ = world.random_scene(rng)
-        assert scene.main.concept is None and (scene.second is None or scene.second.concept is None)
+    held_out = {(k.pattern, frozenset(k.colours)) for k in world.ALL_CONCEPTS}
+    patterned, lone_named = 0, 0
+    for _ in range(1000):
+        scene, position = world.pretraining_scene(rng)
+        main = scene.main
+        assert main.concept not in world.ALL_CONCEPTS and (scene.second is None or scene.second.concept is None)
+        if main.concept is not None:
+            patterned += 1
+            assert (main.concept.pattern, frozenset(main.concept.colours)) not in held_out
+            assert main.colour is None and main.shape == main.concept.superclass
+        if scene.second is None and position is not None:
+            lone_named += 1
+            assert scene.labels()["position"] == world.POSITIONS.index(position)
+    assert 200 < patterned < 300                              # PATTERNED = 0.25
+    assert 230 < lone_named < 370                             # 0.75 x NAMED_POSITION = 0.3, all sizes
 
 
 @pytest.mark.parametrize("concept", world.ALL_CONCEPTS, ids=lambda c: c.name)
@@ -96,6 +108,16 @@ def test_benchmark_units_cover_every_run_in_report_order():
                      ("base", "split-square", 0), ("run", "split-square", 0), ("run", "split-square", 1),
                      ("pair", "", 0), ("pair", "", 1)]
     assert benchmark.unit_weight(units[1]) > benchmark.unit_weight(units[6]) > benchmark.unit_weight(units[0])
+
+
+def test_lora_tuning_picks_the_best_trade_and_its_units_parse():
+    from toyworld import benchmark
+    tuning = {"0.0003": {"fidelity_alone": 0.2, "editability": 0.9}, "0.003": {"fidelity_alone": 0.7, "editability": 0.5},
+              "0.01": {"fidelity_alone": 0.8, "editability": 0.2}}
+    assert benchmark.best_lora_rate(tuning) == 0.003
+    unit = ("tune", repr(1e-2), 0)
+    assert benchmark._unit_name(unit) == "tune-0.01-0" and float(":".join(map(str, unit)).split(":")[1]) == 1e-2
+    assert benchmark.unit_weight(unit) > benchmark.unit_weight(("base", "split-square", 0))
 
 
 def test_a_benchmark_part_round_trips_its_sample_rows(tmp_path):

@@ -56,7 +56,7 @@ LORA_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
 QUICK_CONCEPT = "split-square"          # the concept this VAE renders most faithfully (docs/toyworld.md)
 QUICK_PERFUSION_SWEEP = [(0.0, 1.0), (0.4, 1.0), (0.7, 1.0), (2.0, 1.0)]
 QUICK_LORA_STRENGTHS = (0.5, 1.0)
-LORA_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
+LORA_RATES = (3e-4, 1e-3, 3e-3, 1e-2)   # 1e-4 was the worst of the first grid, 3e-3 (its top) the best
 DEFAULT_LORA_RATE = 1e-3
 TAU = 0.15
 EDIT_BACKGROUND = {"striped-circle": "purple", "split-square": "orange", "bullseye-circle": "yellow", "dotted-square": "red"}
@@ -198,20 +198,19 @@ class Progress:
         print(f"[{self.done:>4}/{self.total}] {elapsed / 60:5.1f} min, ~{eta / 60:4.1f} min left  {what}", flush=True)
 
 
-def tune_lora_rate(pack, base, net, samples, work, log=print):
-    """LoRA's learning rate, chosen on the tuning concept (never one of the scored ones) by the best
-    fidelity x editability at strength 1."""
+def tune_lora_rate(pack, base, net, samples, work, rate):
+    """One point of LoRA's learning-rate tuning: rank 8 at ``rate`` on the tuning concept (never one of
+    the scored ones), scored at strength 1."""
     concept = world.TUNING_CONCEPT
-    unet, clip, vae = base
-    scores = {}
-    for rate in LORA_RATES:
-        trained = train_lora(pack, base, concept, 0, 8, rate, work=work)
-        model, patched = trained.variant(1.0)
-        s = score(net, model, patched, vae, concept, trained.word, samples, seed=99)
-        scores[rate] = s
-        log(f"  LoRA rank 8 lr {rate:g}: fidelity {s['fidelity_alone']:.3f}, editability {s['editability']:.3f}")
-    best = max(scores, key=lambda r: scores[r]["fidelity_alone"] * scores[r]["editability"])
-    return best, {str(r): {k: v for k, v in s.items() if k != "per_prompt"} for r, s in scores.items()}
+    trained = train_lora(pack, base, concept, 0, 8, rate, work=work)
+    model, patched = trained.variant(1.0)
+    s = score(net, model, patched, base[2], concept, trained.word, samples, seed=99)
+    return {k: v for k, v in s.items() if k != "per_prompt"}
+
+
+def best_lora_rate(tuning: dict) -> float:
+    """The rate with the best fidelity x editability."""
+    return float(max(tuning, key=lambda r: tuning[r]["fidelity_alone"] * tuning[r]["editability"]))
 
 
 def run_units(concepts, seeds, pairs):
@@ -231,6 +230,8 @@ def unit_weight(unit):
     kind = unit[0]
     if kind == "base":
         return 1
+    if kind == "tune":
+        return 3
     if kind == "pair":
         return 12
     return 2 * len(METHODS) + len(PERFUSION_SWEEP) + 1 + 2 * len(LORA_STRENGTHS)
@@ -244,6 +245,11 @@ def run_unit(unit, ctx, progress):
     kind, name, seed = unit
     pack, base, net, samples, rate, work = (ctx[k] for k in ("pack", "base", "net", "samples", "rate", "work"))
     unet, clip, vae = base
+    if kind == "tune":
+        tuning = tune_lora_rate(pack, base, net, samples, work, float(name))
+        progress(f"LoRA rank 8 lr {name}: fidelity {tuning['fidelity_alone']:.3f}, "
+                 f"editability {tuning['editability']:.3f}")
+        return {"tuning": {name: tuning}}, []
     if kind == "pair":
         return {"pairs": two_concepts(pack, base, net, samples, [seed], rate, work, progress)}, []
     concept = next(c for c in world.ALL_CONCEPTS if c.name == name)
@@ -303,7 +309,7 @@ def _run_in_processes(units, args, rate, jobs, parts, progress):
     def one(unit):
         path = os.path.join(parts, _unit_name(unit))
         cmd = [sys.executable, "-m", "toyworld.benchmark", "--unit", ":".join(map(str, unit)), "--part", path,
-               "--samples", str(args.samples or 32), "--lora-rate", repr(rate),
+               "--samples", str(args.samples or 32), "--lora-rate", repr(rate or DEFAULT_LORA_RATE),
                "--train-steps", str(STEPS)] + (["--quick"] if args.quick else [])
         with open(path + ".log", "w") as log:
             code = subprocess.call(cmd, cwd=bench, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -367,8 +373,12 @@ def run(args):
         if args.quick and not args.tune_lora:
             rate = DEFAULT_LORA_RATE
         else:
-            print("tuning LoRA's learning rate on the tuning concept ...", flush=True)
-            rate, tuning = tune_lora_rate(ctx["pack"], ctx["base"], ctx["net"], samples, work)
+            print(f"tuning LoRA's learning rate on {world.TUNING_CONCEPT.name} ...", flush=True)
+            units = [("tune", repr(r), 0) for r in LORA_RATES]
+            tuning = {}
+            for _, part, _ in _run_units(units, ctx, args, None, work, Progress(sum(map(unit_weight, units)))):
+                tuning.update(part["tuning"])
+            rate = best_lora_rate(tuning)
             with open(lr_file, "w") as f:
                 json.dump({"rate": rate, "scores": tuning, "samples": samples}, f, indent=1)
     else:
@@ -381,16 +391,7 @@ def run(args):
                           "concepts": [c.name for c in concepts], "sampler": graph.SAMPLER, "tau": TAU,
                           "torch": torch.__version__, "quick": bool(args.quick), "jobs": args.jobs},
                "baseline": {}, "runs": []}
-    if args.jobs > 1:
-        # the toy CLIP's covariance once, here, before the workers need it
-        ctx["pack"].nodes.covariance_cache.covariance_for(ctx["base"][1], show_progress=False)
-        parts = os.path.join(work, "parts")
-        os.makedirs(parts)
-        print(f"{len(units)} units in {args.jobs} processes (logs in {parts})", flush=True)
-        _run_in_processes(units, args, rate, args.jobs, parts, progress)
-        done = [(u, *_load_part(os.path.join(parts, _unit_name(u)))) for u in units]
-    else:
-        done = [(u, *run_unit(u, ctx, progress)) for u in units]
+    done = _run_units(units, ctx, args, rate, work, progress)
     grids = {}
     for unit, part, rows in done:
         results["baseline"].update(part.get("baseline", {}))
@@ -409,6 +410,18 @@ def run(args):
     report.write(results, out)
     shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {out}/report.md ({(time.perf_counter() - progress.start) / 60:.1f} min)")
+
+
+def _run_units(units, ctx, args, rate, work, progress):
+    """[(unit, part, grid rows)] in ``units``' order: in this process, or in ``--jobs`` workers."""
+    if args.jobs <= 1:
+        return [(u, *run_unit(u, ctx, progress)) for u in units]
+    # the toy CLIP's covariance once, here, before the workers need it
+    ctx["pack"].nodes.covariance_cache.covariance_for(ctx["base"][1], show_progress=False)
+    parts = tempfile.mkdtemp(prefix="parts-", dir=work)
+    print(f"{len(units)} units in {args.jobs} processes (logs in {parts})", flush=True)
+    _run_in_processes(units, args, rate, args.jobs, parts, progress)
+    return [(u, *_load_part(os.path.join(parts, _unit_name(u)))) for u in units]
 
 
 def two_concepts(pack, base, net, samples, seeds, rate, work, progress):
