@@ -166,7 +166,7 @@ def encoded_dataset(vae, seed, count, log=print):
     rng = numpy.random.default_rng([seed, 2])
     scenes, latents = [], []
     for start in range(0, count, 500):
-        chunk = [world.pretraining_scene(rng) for _ in range(min(500, count - start))]
+        chunk = [world.random_scene(rng) for _ in range(min(500, count - start))]
         images = numpy.stack([world.render(scene, rng) for scene, _ in chunk])
         with torch.no_grad():
             latents.append(vae.first_stage_model.encode(images_tensor(images)) * LATENT_SCALE)
@@ -275,7 +275,7 @@ def main(argv=None):
                         help="write the bundle from the latest checkpoint's EMA weights and stop (a preview)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    work = os.path.join(args.work, f"world{world.VERSION}-seed{args.seed}-vae{args.vae_steps}-steps{args.steps}-scenes{args.scenes}")
+    work = os.path.join(args.work, f"seed{args.seed}-vae{args.vae_steps}-steps{args.steps}-scenes{args.scenes}")
     os.makedirs(work, exist_ok=True)
     logfile = open(os.path.join(work, "log.txt"), "a")
 
@@ -309,7 +309,7 @@ def main(argv=None):
         return 0
     best, seconds = train_diffusion(unet, clip, vae, args.steps, args.seed, work, scenes=args.scenes, log=log,
                                     stop_at=args.stop_at)
-    info = {"world_version": world.VERSION, "seed": args.seed, "vae_steps": args.vae_steps, "steps": args.steps, "stop_at": args.stop_at or args.steps,
+    info = {"seed": args.seed, "vae_steps": args.vae_steps, "steps": args.steps, "stop_at": args.stop_at or args.steps,
             "best_step": best["step"],
             "best_weights": best["which"], "validation_loss": f"{best['loss']:.5f}",
             "vae_seconds": f"{vae_seconds:.0f}", "diffusion_seconds": f"{seconds:.0f}",

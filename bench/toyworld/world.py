@@ -6,10 +6,6 @@ one get it at random. Concepts are held out of pretraining: their identity is a 
 split, a bullseye, a dot) in two palette colours, which no caption word can express; each has a one-token
 superclass (its shape word) and 5 reference images on two backgrounds.
 
-Pretraining shows patterned objects too (captioned by their shape alone), but never a concept's pattern
-in its colour pair: the model can draw stripes, as Stable Diffusion can draw fur, and the concept is a new
-combination of what it can draw, which is what personalization has to find.
-
 numpy only, deterministic for a seed. Every image is rendered at 2x and averaged down (anti-aliasing).
 """
 
@@ -20,7 +16,6 @@ import dataclasses
 import numpy
 
 SIZE = 64
-VERSION = 2             # of the pretraining distribution: part of the pretraining cache's key
 COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 75, 215), "yellow": (240, 215, 45),
            "purple": (135, 50, 175), "orange": (245, 135, 30), "white": (240, 240, 240), "black": (25, 25, 25)}
 COLOUR_NAMES = tuple(COLOURS)
@@ -193,33 +188,6 @@ def random_scene(rng, concept: Concept | None = None, background=None, size=None
     return Scene(background, main, other), position
 
 
-PATTERNED = 0.25        # pretraining: the share of main objects with a pattern fill instead of a colour
-NAMED_POSITION = 0.4    # pretraining: the share of lone objects placed at a named position
-
-
-def pretraining_pattern(rng) -> Concept:
-    """A pattern fill for pretraining: any pattern in any two colours except a concept's pattern in its
-    colour pair (either order, any shape)."""
-    held_out = {(k.pattern, frozenset(k.colours)) for k in ALL_CONCEPTS}
-    while True:
-        pattern = str(rng.choice(PATTERNS))
-        colours = tuple(str(x) for x in rng.choice(COLOUR_NAMES, 2, replace=False))
-        if (pattern, frozenset(colours)) not in held_out:
-            return Concept("pretraining-pattern", str(rng.choice(SHAPES)), pattern, colours, ())
-
-
-def pretraining_scene(rng):
-    """A pretraining scene: no concept, a pattern fill with p PATTERNED (its caption names no colour), a
-    lone object at a named position with p NAMED_POSITION (else near the middle)."""
-    second = rng.random() < 0.25
-    position = None
-    if not second and rng.random() < NAMED_POSITION:
-        position = str(rng.choice(["left", "right", "top", "bottom"]))
-    if rng.random() < PATTERNED:
-        return random_scene(rng, pretraining_pattern(rng), position=position, second=second)
-    return random_scene(rng, position=position, second=second)
-
-
 def caption(scene: Scene, position, rng, drop=0.3, word_for_main=None) -> str:
     """A caption naming a random subset of the scene's attributes (each kept with p 1 - drop), in the
     fixed order "[prefix] a [size] [colour] <shape> [position] [on a <bg> background] [and a small <c> <s>]".
@@ -251,13 +219,13 @@ def caption_corpus(count=6000, seed=0) -> list[str]:
     """Pretraining-distribution captions: the corpus for Perfusion's text-encoding covariance C on this
     world's encoder (the pack's default corpus is English captions, words this encoder never saw)."""
     rng = numpy.random.default_rng([seed, 30])
-    return [caption(*pretraining_scene(rng), rng) for _ in range(count)]
+    return [caption(*random_scene(rng), rng) for _ in range(count)]
 
 
 def training_pair(rng):
     """One pretraining example: (image, caption) of a concept-free scene; the caption is empty with p 0.1
     (for classifier-free guidance)."""
-    scene, position = pretraining_scene(rng)
+    scene, position = random_scene(rng)
     text = "" if rng.random() < 0.1 else caption(scene, position, rng)
     return render(scene, rng), text
 
