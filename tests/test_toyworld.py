@@ -108,6 +108,13 @@ def test_lora_tuning_picks_the_best_trade_and_its_units_parse():
     assert benchmark.unit_weight(unit) > benchmark.unit_weight(("base", "split-square", 0))
 
 
+def test_the_benchmark_refuses_a_jobs_count_below_one(capsys):
+    from toyworld import benchmark
+    with pytest.raises(SystemExit):
+        benchmark.main(["--jobs", "0"])
+    assert "--jobs: expected 1 or more worker processes, got 0" in capsys.readouterr().err
+
+
 def test_a_benchmark_part_round_trips_its_sample_rows(tmp_path):
     from toyworld import benchmark
     images = numpy.random.default_rng(0).random((3, 64, 64, 3)).astype(numpy.float32)

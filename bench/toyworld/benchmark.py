@@ -484,6 +484,8 @@ def main(argv=None):
     parser.add_argument("--lora-rate", type=float, default=DEFAULT_LORA_RATE, help=argparse.SUPPRESS)
     parser.add_argument("--train-steps", type=int, default=STEPS, help=argparse.SUPPRESS)   # smoke tests only
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs: expected 1 or more worker processes, got {args.jobs}")
     STEPS = args.train_steps
     if args.unit:
         return run_one_unit(args)
