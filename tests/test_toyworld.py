@@ -125,6 +125,26 @@ def test_a_benchmark_part_round_trips_its_sample_rows(tmp_path):
     assert rows[0][1] == "a square" and numpy.abs(rows[0][0] - images).max() <= 1 / 255 + 1e-6
 
 
+def test_a_rerun_benchmark_keeps_finished_units_of_the_same_model_and_settings(tmp_path):
+    from toyworld import benchmark
+    files = [tmp_path / "model.safetensors", tmp_path / "evaluator.safetensors"]
+    for f in files:
+        f.write_bytes(b"weights")
+    args = benchmark.argparse.Namespace(samples=0, quick=False, jobs=2)
+    folder = benchmark.parts_folder(args, 3e-3, files)
+    assert folder == benchmark.parts_folder(args, 3e-3, files)
+    others = [benchmark.parts_folder(args, 1e-3, files),
+              benchmark.parts_folder(benchmark.argparse.Namespace(samples=16, quick=False, jobs=2), 3e-3, files),
+              benchmark.parts_folder(benchmark.argparse.Namespace(samples=0, quick=False, jobs=1), 3e-3, files)]
+    files[0].write_bytes(b"other weights")
+    others.append(benchmark.parts_folder(args, 3e-3, files))
+    assert len({folder, *others}) == 5
+    units = benchmark.run_units(world.CONCEPTS[:1], [0, 1], pairs=False)
+    benchmark._save_part({"baseline": {}}, [], str(tmp_path / benchmark._unit_name(units[0])))
+    (tmp_path / (benchmark._unit_name(units[1]) + ".npz")).write_bytes(b"")      # died before its .json
+    assert benchmark.pending(units, str(tmp_path)) == units[1:]
+
+
 def test_the_report_has_every_method_the_pairs_and_the_plot(tmp_path):
     pytest.importorskip("PIL")
     from toyworld import report

@@ -7,6 +7,9 @@ reference images and step budget, through the real nodes and KSampler, scored by
 ``--jobs N`` runs the independent units (the base model per concept, each concept x seed, each seed's
 two-concept prompts) in N worker processes of one torch thread each and merges their parts; the numbers
 are deterministic for a seed and a --jobs setting (the thread count changes float rounding).
+Resumable: each finished unit is kept in ``~/.cache/comfyui-perfusion-toyworld/benchmark-units/<key>``
+(the key: the model and evaluator files and every setting), so an interrupted command, run again,
+runs only the units it had not finished.
 
 Methods (all 5 reference images of a concept, no masks, no flips, ``STEPS`` optimizer steps of
 ``BATCH`` images):
@@ -287,8 +290,10 @@ def _save_part(part, rows, path):
     arrays = {f"row{k}": (numpy.asarray(images, dtype=numpy.float32).clip(0, 1) * 255).astype(numpy.uint8)
               for k, (images, _) in enumerate(rows)}
     numpy.savez(path + ".npz", **arrays)
-    with open(path + ".json", "w") as f:
+    # the .json last and atomically: it marks the unit as finished (a resumed run skips it)
+    with open(path + ".json.tmp", "w") as f:
         json.dump({"part": part, "captions": [caption for _, caption in rows]}, f)
+    os.replace(path + ".json.tmp", path + ".json")
 
 
 def _load_part(path):
@@ -412,15 +417,45 @@ def run(args):
     print(f"wrote {out}/report.md ({(time.perf_counter() - progress.start) / 60:.1f} min)")
 
 
+def parts_folder(args, rate, files) -> str:
+    """Where finished units are kept, so that rerunning the same command resumes: one folder per
+    everything a unit's numbers depend on (``files``: the model and the evaluator; the settings; the
+    thread mode)."""
+    import hashlib
+    key = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as f:
+            key.update(hashlib.sha256(f.read()).digest())
+    key.update(json.dumps({"steps": STEPS, "batch": BATCH, "samples": args.samples or 32, "rate": rate,
+                           "quick": bool(args.quick), "one_thread_workers": args.jobs > 1, "tau": TAU,
+                           "sampler": graph.SAMPLER}, sort_keys=True).encode())
+    return os.path.join(graph.CACHE, "benchmark-units", key.hexdigest()[:16])
+
+
+def pending(units, parts):
+    """The units without a finished part in ``parts``."""
+    return [u for u in units if not os.path.exists(os.path.join(parts, _unit_name(u)) + ".json")]
+
+
 def _run_units(units, ctx, args, rate, work, progress):
-    """[(unit, part, grid rows)] in ``units``' order: in this process, or in ``--jobs`` workers."""
+    """[(unit, part, grid rows)] in ``units``' order: in this process, or in ``--jobs`` workers. Each
+    finished unit is kept in ``parts_folder``; units already there are not run again."""
+    from . import evaluator
+    from . import model as toy
+    parts = parts_folder(args, rate, (toy.BUNDLE, evaluator.WEIGHTS))
+    os.makedirs(parts, exist_ok=True)
+    todo = pending(units, parts)
+    kept = len(units) - len(todo)
+    print(f"{len(todo)} units to run in {args.jobs} process(es), {kept} kept from an earlier run "
+          f"(parts and logs in {parts})", flush=True)
+    progress.total -= sum(unit_weight(u) for u in units if u not in todo)     # the ETA counts what is left
     if args.jobs <= 1:
-        return [(u, *run_unit(u, ctx, progress)) for u in units]
-    # the toy CLIP's covariance once, here, before the workers need it
-    ctx["pack"].nodes.covariance_cache.covariance_for(ctx["base"][1], show_progress=False)
-    parts = tempfile.mkdtemp(prefix="parts-", dir=work)
-    print(f"{len(units)} units in {args.jobs} processes (logs in {parts})", flush=True)
-    _run_in_processes(units, args, rate, args.jobs, parts, progress)
+        for u in todo:
+            _save_part(*run_unit(u, ctx, progress), os.path.join(parts, _unit_name(u)))
+    elif todo:
+        # the toy CLIP's covariance once, here, before the workers need it
+        ctx["pack"].nodes.covariance_cache.covariance_for(ctx["base"][1], show_progress=False)
+        _run_in_processes(todo, args, rate, args.jobs, parts, progress)
     return [(u, *_load_part(os.path.join(parts, _unit_name(u)))) for u in units]
 
 
