@@ -47,7 +47,7 @@ def setup(work: str):
 def world_corpus() -> str:
     """The world's caption corpus as a file (written once into the cache), for PERFUSION_CAPTIONS."""
     from . import world
-    path = os.path.join(CACHE, f"world_captions_v{world.VERSION}.txt")
+    path = os.path.join(CACHE, "world_captions_v1.txt")
     if not os.path.exists(path):
         os.makedirs(CACHE, exist_ok=True)
         tmp = path + f".{os.getpid()}.tmp"

@@ -35,9 +35,6 @@ from . import world  # noqa: E402
 
 WORK = os.path.join(os.path.expanduser("~"), ".cache", "comfyui-perfusion-toyworld")
 VALIDATE_EVERY = 250
-# The VAE's scenes are world 1's (every position appears there, next to a second object): the VAE does not
-# depend on world.VERSION, so one trained VAE serves every version (its file is shared, see main).
-VAE_SCENES = world.random_scene
 LATENT_SCALE = 1.0              # the toy latent format's scale_factor (process_latent_in is the identity)
 
 
@@ -75,7 +72,7 @@ def train_vae(vae, steps, seed, batch=16, lr=2e-3, log=print):
     start = time.perf_counter()
     for step in range(steps):
         rng = numpy.random.default_rng([seed, 1, step])
-        x = images_tensor(world.batch(rng, batch, VAE_SCENES)[0])
+        x = images_tensor(world.batch(rng, batch)[0])
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, lr, warmup=50)
         z = net.encode(x)
@@ -101,7 +98,7 @@ def normalise_latents_(vae, seed, count=1024):
     UNet sees (process_latent_in) are zero-mean and unit-variance per channel."""
     net = vae.first_stage_model
     rng = numpy.random.default_rng([seed, 3])
-    z = torch.cat([net.encode(images_tensor(world.batch(rng, 128, VAE_SCENES)[0])) for _ in range(count // 128)])
+    z = torch.cat([net.encode(images_tensor(world.batch(rng, 128)[0])) for _ in range(count // 128)])
     mean = z.mean(dim=(0, 2, 3))
     scale = z.std(dim=(0, 2, 3)) * LATENT_SCALE
     c = mean.numel()
@@ -110,7 +107,7 @@ def normalise_latents_(vae, seed, count=1024):
     q.bias[:c] = (q.bias[:c] - mean) / scale
     p.bias += (p.weight[:, :, 0, 0] * mean[None]).sum(1)
     p.weight *= scale[None, :, None, None]
-    z = net.encode(images_tensor(world.batch(rng, 256, VAE_SCENES)[0])) * LATENT_SCALE
+    z = net.encode(images_tensor(world.batch(rng, 256)[0])) * LATENT_SCALE
     return float(z.mean()), float(z.std())
 
 
@@ -169,7 +166,7 @@ def encoded_dataset(vae, seed, count, log=print):
     rng = numpy.random.default_rng([seed, 2])
     scenes, latents = [], []
     for start in range(0, count, 500):
-        chunk = [world.pretraining_scene(rng) for _ in range(min(500, count - start))]
+        chunk = [world.random_scene(rng) for _ in range(min(500, count - start))]
         images = numpy.stack([world.render(scene, rng) for scene, _ in chunk])
         with torch.no_grad():
             latents.append(vae.first_stage_model.encode(images_tensor(images)) * LATENT_SCALE)
@@ -278,7 +275,7 @@ def main(argv=None):
                         help="write the bundle from the latest checkpoint's EMA weights and stop (a preview)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    work = os.path.join(args.work, f"world{world.VERSION}-seed{args.seed}-vae{args.vae_steps}-steps{args.steps}-scenes{args.scenes}")
+    work = os.path.join(args.work, f"seed{args.seed}-vae{args.vae_steps}-steps{args.steps}-scenes{args.scenes}")
     os.makedirs(work, exist_ok=True)
     logfile = open(os.path.join(work, "log.txt"), "a")
 
@@ -288,7 +285,7 @@ def main(argv=None):
         logfile.flush()
 
     unet, clip, vae = toy.fresh()
-    vae_file = os.path.join(args.work, f"vae-seed{args.seed}-steps{args.vae_steps}.pt")    # shared by world versions
+    vae_file = os.path.join(work, "vae.pt")
     t0 = time.perf_counter()
     if os.path.exists(vae_file):
         vae.first_stage_model.load_state_dict(torch.load(vae_file, map_location="cpu"))
@@ -312,7 +309,7 @@ def main(argv=None):
         return 0
     best, seconds = train_diffusion(unet, clip, vae, args.steps, args.seed, work, scenes=args.scenes, log=log,
                                     stop_at=args.stop_at)
-    info = {"world_version": world.VERSION, "seed": args.seed, "vae_steps": args.vae_steps, "steps": args.steps, "stop_at": args.stop_at or args.steps,
+    info = {"seed": args.seed, "vae_steps": args.vae_steps, "steps": args.steps, "stop_at": args.stop_at or args.steps,
             "best_step": best["step"],
             "best_weights": best["which"], "validation_loss": f"{best['loss']:.5f}",
             "vae_seconds": f"{vae_seconds:.0f}", "diffusion_seconds": f"{seconds:.0f}",

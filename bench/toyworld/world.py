@@ -16,9 +16,6 @@ import dataclasses
 import numpy
 
 SIZE = 64
-# Of the diffusion stage's scene distribution: part of the pretraining cache's key. 1: a position named only
-# with a second object; 2 (tried, not kept): patterns too; 3: lone objects at named positions as well.
-VERSION = 3
 COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 75, 215), "yellow": (240, 215, 45),
            "purple": (135, 50, 175), "orange": (245, 135, 30), "white": (240, 240, 240), "black": (25, 25, 25)}
 COLOUR_NAMES = tuple(COLOURS)
@@ -191,20 +188,6 @@ def random_scene(rng, concept: Concept | None = None, background=None, size=None
     return Scene(background, main, other), position
 
 
-NAMED_POSITION = 0.4    # the diffusion stage: the share of lone objects placed at a named position
-
-
-def pretraining_scene(rng):
-    """A scene for the diffusion stage: no concept; a lone object is placed at a named position with p
-    NAMED_POSITION, else near the middle. (``random_scene`` names a position only with a second object,
-    so "a small circle on the left" would ask for a scene the model never saw.)"""
-    second = rng.random() < 0.25
-    position = None
-    if not second and rng.random() < NAMED_POSITION:
-        position = str(rng.choice(["left", "right", "top", "bottom"]))
-    return random_scene(rng, position=position, second=second)
-
-
 def caption(scene: Scene, position, rng, drop=0.3, word_for_main=None) -> str:
     """A caption naming a random subset of the scene's attributes (each kept with p 1 - drop), in the
     fixed order "[prefix] a [size] [colour] <shape> [position] [on a <bg> background] [and a small <c> <s>]".
@@ -236,19 +219,19 @@ def caption_corpus(count=6000, seed=0) -> list[str]:
     """Pretraining-distribution captions: the corpus for Perfusion's text-encoding covariance C on this
     world's encoder (the pack's default corpus is English captions, words this encoder never saw)."""
     rng = numpy.random.default_rng([seed, 30])
-    return [caption(*pretraining_scene(rng), rng) for _ in range(count)]
+    return [caption(*random_scene(rng), rng) for _ in range(count)]
 
 
-def training_pair(rng, scene_of=pretraining_scene):
+def training_pair(rng):
     """One pretraining example: (image, caption) of a concept-free scene; the caption is empty with p 0.1
     (for classifier-free guidance)."""
-    scene, position = scene_of(rng)
+    scene, position = random_scene(rng)
     text = "" if rng.random() < 0.1 else caption(scene, position, rng)
     return render(scene, rng), text
 
 
-def batch(rng, n, scene_of=pretraining_scene):
-    images, texts = zip(*(training_pair(rng, scene_of) for _ in range(n)))
+def batch(rng, n):
+    images, texts = zip(*(training_pair(rng) for _ in range(n)))
     return numpy.stack(images), list(texts)
 
 
