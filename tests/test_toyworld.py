@@ -136,9 +136,14 @@ def test_a_rerun_benchmark_keeps_finished_units_of_the_same_model_and_settings(t
     others = [benchmark.parts_folder(args, 1e-3, files),
               benchmark.parts_folder(benchmark.argparse.Namespace(samples=16, quick=False, jobs=2), 3e-3, files),
               benchmark.parts_folder(benchmark.argparse.Namespace(samples=0, quick=False, jobs=1), 3e-3, files)]
+    others.append(benchmark.parts_folder(args, 3e-3, files, ("2.14.1", "0.3.65")))
     files[0].write_bytes(b"other weights")
     others.append(benchmark.parts_folder(args, 3e-3, files))
-    assert len({folder, *others}) == 5
+    assert len({folder, *others}) == 6
+    code = benchmark.code_files()          # a changed trainer or gate must not reuse old parts
+    assert any(p.endswith(os.path.join("nodes", "train_concept.py")) for p in code)
+    assert any(p.endswith(os.path.join("core", "gated_edit.py")) for p in code)
+    assert any(p.endswith(os.path.join("toyworld", "benchmark.py")) for p in code)
     units = benchmark.run_units(world.CONCEPTS[:1], [0, 1], pairs=False)
     benchmark._save_part({"baseline": {}}, [], str(tmp_path / benchmark._unit_name(units[0])))
     (tmp_path / (benchmark._unit_name(units[1]) + ".npz")).write_bytes(b"")      # died before its .json

@@ -417,10 +417,17 @@ def run(args):
     print(f"wrote {out}/report.md ({(time.perf_counter() - progress.start) / 60:.1f} min)")
 
 
-def parts_folder(args, rate, files) -> str:
+def code_files() -> list[str]:
+    """The code a unit's numbers depend on: the pack's nodes/ and core/, and bench/toyworld/."""
+    import glob
+    return sorted(p for folder in ("nodes", "core", os.path.join("bench", "toyworld"))
+                  for p in glob.glob(os.path.join(graph.ROOT, folder, "*.py")))
+
+
+def parts_folder(args, rate, files, versions=()) -> str:
     """Where finished units are kept, so that rerunning the same command resumes: one folder per
-    everything a unit's numbers depend on (``files``: the model and the evaluator; the settings; the
-    thread mode)."""
+    everything a unit's numbers depend on (``files``: the model, the evaluator and the code; ``versions``:
+    torch's and ComfyUI's; the settings; the thread mode). A changed trainer never reuses old parts."""
     import hashlib
     key = hashlib.sha256()
     for path in files:
@@ -428,7 +435,7 @@ def parts_folder(args, rate, files) -> str:
             key.update(hashlib.sha256(f.read()).digest())
     key.update(json.dumps({"steps": STEPS, "batch": BATCH, "samples": args.samples or 32, "rate": rate,
                            "quick": bool(args.quick), "one_thread_workers": args.jobs > 1, "tau": TAU,
-                           "sampler": graph.SAMPLER}, sort_keys=True).encode())
+                           "sampler": graph.SAMPLER, "versions": list(versions)}, sort_keys=True).encode())
     return os.path.join(graph.CACHE, "benchmark-units", key.hexdigest()[:16])
 
 
@@ -440,9 +447,12 @@ def pending(units, parts):
 def _run_units(units, ctx, args, rate, work, progress):
     """[(unit, part, grid rows)] in ``units``' order: in this process, or in ``--jobs`` workers. Each
     finished unit is kept in ``parts_folder``; units already there are not run again."""
+    import comfyui_version
+    import torch
     from . import evaluator
     from . import model as toy
-    parts = parts_folder(args, rate, (toy.BUNDLE, evaluator.WEIGHTS))
+    parts = parts_folder(args, rate, [toy.BUNDLE, evaluator.WEIGHTS] + code_files(),
+                         (torch.__version__, comfyui_version.__version__))
     os.makedirs(parts, exist_ok=True)
     todo = pending(units, parts)
     kept = len(units) - len(todo)
