@@ -1,7 +1,7 @@
 """Host test on the committed toy-world model (bench/toyworld/): a short "Train Perfusion Concept" run
-through the real nodes leaves the base weights untouched. The issue's claim, that it
-makes the concept recognisable (fidelity clearly above the superclass prompt's) and that a higher beta
-takes it away, is a strict xfail: the benchmark (docs/toyworld/report.md) measures it failing here."""
+through the real nodes leaves the base weights untouched. The issue's two claims, that it makes the
+concept recognisable (fidelity clearly above the superclass prompt's) and that a higher beta takes it
+away, are strict xfails: the benchmark (docs/toyworld/report.md) measures both failing here."""
 
 import os
 import sys
@@ -20,7 +20,7 @@ from toyworld import model as toy  # noqa: E402
 
 pack = host.load_pack()
 covariance_cache = pack.nodes.covariance_cache
-STEPS = 120
+STEPS = benchmark.STEPS     # as the benchmark, whose figures the thresholds below are checked against
 SAMPLES = 16
 # the issue's bar; the benchmark (docs/toyworld/report.md) measures Perfusion below it on this model
 LIFT = 0.3            # trained fidelity above the base model's superclass prompt
@@ -50,21 +50,34 @@ def trained(tmp_path_factory):
             folder_paths.folder_names_and_paths["perfusion"] = saved
 
 
+@pytest.fixture(scope="module")
+def fidelities(trained):
+    """P(concept) on "a photo of a <superclass>" (base model), "a photo of a <trigger>" at beta 0.7 and 2."""
+    (unet, clip, vae), concept, result = trained
+    net = evaluator.load()
+    return (fidelity(net, unet, clip, vae, concept, concept.superclass),
+            fidelity(net, *result.variant((0.7, 1.0)), vae, concept, result.word),
+            fidelity(net, *result.variant((2.0, 1.0)), vae, concept, result.word))
+
+
 def fidelity(net, model, clip, vae, concept, word):
-    images = graph.sample(model, clip, vae, f"a {word}", SAMPLES, seed=5)
+    images = graph.sample(model, clip, vae, f"{benchmark.PREFIX} a {word}", SAMPLES, seed=5)
     return float(evaluator.read(net, images)["concept"][:, world.ALL_CONCEPTS.index(concept) + 1].mean())
 
 
-@pytest.mark.xfail(strict=True, reason="measured in docs/toyworld/report.md: 200 steps of Perfusion do not make "
-                   "the concept recognisable on the toy model (fidelity 0.00-0.25 at beta 0.7, LoRA 0.5-0.9); "
-                   "strict, so that a fix shows up here")
-def test_training_lifts_fidelity_and_beta_lowers_it(trained):
-    (unet, clip, vae), concept, result = trained
-    net = evaluator.load()
-    base = fidelity(net, unet, clip, vae, concept, concept.superclass)
-    default = fidelity(net, *result.variant((0.7, 1.0)), vae, concept, result.word)
-    high_beta = fidelity(net, *result.variant((2.0, 1.0)), vae, concept, result.word)
+@pytest.mark.xfail(strict=True, reason="measured in docs/toyworld/report.md: 200 steps of Perfusion make split-square "
+                   "recognisable in 0.01 (seed 0) and 0.09 (seed 1) of samples at beta 0.7 (all concepts: 0.14 +- 0.06; "
+                   "LoRA rank 8: 0.66 +- 0.07); strict, so that a fix shows up here")
+def test_training_lifts_fidelity_above_the_superclass_prompt(fidelities):
+    base, default, _ = fidelities
     assert default > base + LIFT, (base, default)
+
+
+@pytest.mark.xfail(strict=True, reason="measured in docs/toyworld/report.md: from beta 0.7 to 2 fidelity falls only from "
+                   "0.14 to 0.09 (all concepts), and on striped-circle seed 0 not at all (0.41 to 0.39); strict, so "
+                   "that a change shows up here")
+def test_a_higher_beta_lowers_fidelity_again(fidelities):
+    _, default, high_beta = fidelities
     assert high_beta < default - DROP, (default, high_beta)
 
 

@@ -85,8 +85,35 @@ def _score(fidelity, edit):
     per_prompt = {"alone": {"fidelity": fidelity, "leak": 0.5}}
     for name in ("background", "small", "second", "left"):
         per_prompt[name] = {"fidelity": fidelity / 2, "edit": edit, **({} if name == "background" else {"leak": 0.5})}
+    per_prompt["plain"] = {"fidelity": fidelity / 3}
     from toyworld import benchmark
     return benchmark.summarise(per_prompt)
+
+
+def test_edit_prompts_follow_the_captions_and_the_bare_prompt_scores_fidelity_only():
+    from toyworld import benchmark
+    prompts = {name: (prompt, expected) for name, prompt, expected in benchmark.prompt_set(world.CONCEPTS[0], "sks")}
+    assert all(p.startswith("a photo of a ") for n, (p, _) in prompts.items() if n != "plain")
+    assert prompts["plain"] == ("a sks", {})
+    # a position is named only beside a second object, as in every pretraining caption that names one
+    assert " and a small " in prompts["left"][0]
+    s = benchmark.summarise({**{n: {"fidelity": 0.2, "edit": 0.5, "leak": 0.1} for n in ("background", "small", "second", "left")},
+                             "alone": {"fidelity": 0.6, "leak": 0.1}, "plain": {"fidelity": 0.9}})
+    assert (s["fidelity_alone"], s["fidelity_plain"], s["fidelity_edits"]) == (0.6, 0.9, 0.2)
+
+
+def test_the_quality_gate_asks_one_object_prompts_and_names_positions_as_the_captions_do():
+    from toyworld import quality_gate
+    sets = {}
+    for group, prompt, expected in quality_gate.prompts():
+        sets.setdefault(group, []).append((prompt, expected))
+    assert {g: len(v) for g, v in sets.items()} == {"named": 48, "outside": 8, "two objects": 8, "positioned": 8}
+    assert all(" and " not in p and set(quality_gate.GATE) <= set(e) for p, e in sets["named"])
+    position_words = [w for w in world.POSITION_WORDS.values()]
+    for group, rows in sets.items():
+        for prompt, _ in rows:
+            if any(w in prompt for w in position_words):
+                assert (" and a small " in prompt) == (group != "outside"), prompt
 
 
 def test_benchmark_units_cover_every_run_in_report_order():

@@ -20,8 +20,9 @@ Methods (all 5 reference images of a concept, no masks, no flips, ``STEPS`` opti
 - lora4/8:    core TrainLoraNode (rank 4 / 8, every UNet weight, its own MSE-on-x0 loss) with the caption
               "a photo of a <trigger> <superclass>", its learning rate tuned on the held-out tuning concept
               (``--tune-lora``); sampled through LoraModelLoader.
-Prompts (held out from training): the concept alone and four edits: another background, small, next to a
-second object, on the left. Perfusion and the embedding take the trigger in place of the shape word
+Prompts (held out from training), each after "a photo of": the concept alone and four edits: another
+background, small, next to a second object, on the left (beside a second object: the world's captions name
+positions only so); and the concept alone without the prefix ("plain", fidelity only). Perfusion and the embedding take the trigger in place of the shape word
 ("a sks on a purple background"), LoRA its caption's "sks circle"; the base model with the superclass
 word gives the floor of fidelity and the ceiling of editability.
 
@@ -69,16 +70,25 @@ RESULTS = os.path.join(graph.ROOT, "docs", "toyworld")            # the full run
 QUICK_RESULTS = os.path.join(graph.ROOT, "bench", "results", "toyworld-quick")
 
 
+PREFIX = "a photo of"     # the trainers' first template's prefix, and one of the world's caption prefixes
+
+
 def prompt_set(concept: world.Concept, word: str):
-    """(name, prompt, {head: expected}) for the concept alone and its four edits."""
+    """(name, prompt, {head: expected}) for the concept alone, its four edits, and the concept alone without
+    the prefix ("plain": fidelity only). The text encoder is causal, so a token's encoding depends on the
+    words before it: after "a photo of a" the trigger encodes as in training, after a bare "a" it does not
+    (``python -m toyworld.gate_tokens``), and "plain" measures what that costs each method."""
     bg = EDIT_BACKGROUND[concept.name]
     colour, shape = SECOND[concept.name]
-    return [("alone", f"a {word}", {}),
-            ("background", f"a {word} on a {bg} background", {"background": world.COLOUR_NAMES.index(bg)}),
-            ("small", f"a small {word}", {"size": world.SIZES.index("small")}),
-            ("second", f"a {word} and a small {colour} {shape}",
+    return [("alone", f"{PREFIX} a {word}", {}),
+            ("background", f"{PREFIX} a {word} on a {bg} background", {"background": world.COLOUR_NAMES.index(bg)}),
+            ("small", f"{PREFIX} a small {word}", {"size": world.SIZES.index("small")}),
+            ("second", f"{PREFIX} a {word} and a small {colour} {shape}",
              {"second": 1, "second_colour": world.COLOUR_NAMES.index(colour)}),
-            ("left", f"a {word} on the left", {"position": world.POSITIONS.index("left")})]
+            # the world's captions name a position only beside a second object (world.random_scene)
+            ("left", f"{PREFIX} a {word} on the left and a small {colour} {shape}",
+             {"position": world.POSITIONS.index("left")}),
+            ("plain", f"a {word}", {})]
 
 
 def references(concept):
@@ -170,7 +180,7 @@ def score(net, model, clip, vae, concept, word, samples, seed, keep_grid=None):
             for head, cls in expected.items():
                 ok &= (read[head].argmax(1) == cls).numpy()
             row["edit"] = float(ok.mean())
-        if name != "background":
+        if name not in ("background", "plain"):
             bg = read["background"].argmax(1).numpy()
             row["leak"] = float(numpy.isin(bg, refs).mean())
         out[name] = row
@@ -182,8 +192,8 @@ def score(net, model, clip, vae, concept, word, samples, seed, keep_grid=None):
 def summarise(per_prompt):
     edits = [r["edit"] for r in per_prompt.values() if "edit" in r]
     leaks = [r["leak"] for r in per_prompt.values() if "leak" in r]
-    return {"fidelity_alone": per_prompt["alone"]["fidelity"],
-            "fidelity_edits": float(numpy.mean([r["fidelity"] for n, r in per_prompt.items() if n != "alone"])),
+    return {"fidelity_alone": per_prompt["alone"]["fidelity"], "fidelity_plain": per_prompt["plain"]["fidelity"],
+            "fidelity_edits": float(numpy.mean([r["fidelity"] for n, r in per_prompt.items() if n not in ("alone", "plain")])),
             "editability": float(numpy.mean(edits)), "leakage": float(numpy.mean(leaks)),
             "per_prompt": per_prompt}
 
@@ -497,8 +507,8 @@ def two_concepts(pack, base, net, samples, seeds, rate, work, progress):
                 patched = clip
                 words = (ta.word, tb.word)
             row = {"method": method, "seed": seed}
-            for name, prompt in (("pair", f"a {words[0]} and a small {words[1]}"),
-                                 ("pair_background", f"a {words[0]} and a small {words[1]} on a yellow background")):
+            for name, prompt in (("pair", f"{PREFIX} a {words[0]} and a small {words[1]}"),
+                                 ("pair_background", f"{PREFIX} a {words[0]} on a yellow background and a small {words[1]}")):
                 images = graph.sample(model, patched, vae, prompt, samples, seed=seed * 31 + len(name))
                 read = evaluator.read(net, images)
                 row[name] = {"prompt": prompt, "fidelity_main": float(read["concept"][:, ia].mean()),

@@ -33,7 +33,8 @@ BETAS = (0.0, 0.4, 0.7, 1.0, 1.4, 2.0)
 SAMPLER = {"steps": 20, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal"}
 if BENCH not in sys.path:
     sys.path.insert(0, BENCH)
-PROMPTS = {"alone": "a {}", "background": "a {} on a purple background", "small": "a small {}"}
+PROMPTS = {"alone": "a photo of a {}", "background": "a photo of a {} on a purple background",
+           "small": "a photo of a small {}"}     # the trainer's template prefix, as in the benchmark
 
 
 class Server:

@@ -15,7 +15,7 @@ COLOURS = {"perfusion": (200, 40, 40), "embedding": (230, 150, 20), "lora4": (40
            "base": (60, 60, 60)}
 DEFAULT_SETTING = {"perfusion": [0.7, 1.0], "embedding": [0.7, 0.0], "lora4": 1.0, "lora8": 1.0}
 EDITS = ("background", "small", "second", "left")
-METRICS = ("fidelity_alone", "fidelity_edits", "editability", "leakage")
+METRICS = ("fidelity_alone", "fidelity_edits", "editability", "leakage", "fidelity_plain")
 
 
 def _same(a, b):
@@ -123,11 +123,12 @@ def write(results, out):
              + ("over runs." if len(cfg["concepts"]) * len(cfg["seeds"]) > 1 else "over samples (one run)."), "",
              "## Methods at their default settings", "",
              "Perfusion: beta 0.7, tau 0.15, strength 1. Embedding only: strength 0. LoRA: strength 1. "
+             "Prompts start \"a photo of a\" (the trainers' template). "
              "Fidelity: the evaluator's P(target concept) on the concept alone and on the four edits; "
              "editability: its accuracy on each edit's attribute; leakage: share of backgrounds that are a "
-             "reference background on prompts that name none.", "",
-             "| method | fidelity (alone) | fidelity (edits) | editability | background | small | second object | left | leakage | file | train time | peak memory |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "reference background on prompts that name none; fidelity, no prefix: the concept alone as \"a <word>\".", "",
+             "| method | fidelity (alone) | fidelity (edits) | editability | background | small | second object | left | leakage | fidelity, no prefix | file | train time | peak memory |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method in ("perfusion", "embedding", "lora4", "lora8", "base"):
         if method not in agg:
             continue
@@ -144,9 +145,10 @@ def write(results, out):
                      f"{numpy.mean([x['peak_bytes'] for x in r]) / 2**20:.0f} MiB"]
         lines.append(f"| {LABELS[method]} | " + " | ".join(_fmt(stats[m]) for m in ("fidelity_alone", "fidelity_edits", "editability"))
                      + " | " + " | ".join(_fmt(stats[f"edit_{e}"]) for e in EDITS) + f" | {_fmt(stats['leakage'])} | "
+                     + f"{_fmt(stats['fidelity_plain'])} | "
                      + " | ".join(extra) + " |")
-    lines += ["", "## Sweeps", "", "| method | setting | fidelity (alone) | fidelity (edits) | editability | leakage |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "## Sweeps", "", "| method | setting | fidelity (alone) | fidelity (edits) | editability | leakage | fidelity, no prefix |",
+              "|---|---|---|---|---|---|---|"]
     for method in ("perfusion", "lora4", "lora8"):
         for key, stats in sorted(agg.get(method, {}).items()):
             setting = json.loads(key)
