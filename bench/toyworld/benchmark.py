@@ -22,8 +22,9 @@ Methods (all 5 reference images of a concept, no masks, no flips, ``STEPS`` opti
               (``--tune-lora``); sampled through LoraModelLoader.
 Prompts (held out from training), each after "a photo of": the concept alone and four edits: another
 background, small, next to a second object, on the left (beside a second object: the world's captions name
-positions only so); and the concept alone without the prefix ("plain", fidelity only). Perfusion and the embedding take the trigger in place of the shape word
-("a sks on a purple background"), LoRA its caption's "sks circle"; the base model with the superclass
+positions only so); and the concept alone without the prefix ("plain", fidelity only). Perfusion and the
+embedding take the trigger in place of the shape word ("a photo of a sks on a purple background"), LoRA its
+caption's "sks circle"; the base model with the superclass
 word gives the floor of fidelity and the ceiling of editability.
 
 Metrics: fidelity = the evaluator's probability of the target concept (mean over samples); editability =
@@ -70,7 +71,7 @@ RESULTS = os.path.join(graph.ROOT, "docs", "toyworld")            # the full run
 QUICK_RESULTS = os.path.join(graph.ROOT, "bench", "results", "toyworld-quick")
 
 
-PREFIX = "a photo of"     # the trainers' first template's prefix, and one of the world's caption prefixes
+PREFIX = world.PREFIXES[0]     # "a photo of": the trainers' first template's prefix, and a world caption prefix
 
 
 def prompt_set(concept: world.Concept, word: str):

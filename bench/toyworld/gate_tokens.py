@@ -55,7 +55,7 @@ def main(argv=None):
     learned = pack.core.concept_file.read_concept(path)
     _, clip = pack.nodes.load_concept.PerfusionLoadConcept().load(base[0], base[1], os.path.basename(path), 1.0)
     word = trained.word
-    for prompt in (f"a {word}", f"a photo of a {word}", f"a {word} on a {benchmark.EDIT_BACKGROUND[concept.name]} background",
+    for prompt in (f"a {word}", f"{benchmark.PREFIX} a {word}", f"a {word} on a {benchmark.EDIT_BACKGROUND[concept.name]} background",
                    f"a small {word}", f"a {concept.superclass} on a {benchmark.EDIT_BACKGROUND[concept.name]} background"):
         print(f"\n{prompt!r}  (beta {args.beta:g}, tau {args.tau:g})")
         for text, s, g in token_gates(clip, learned, prompt, args.beta, args.tau, pack.core.gated_edit):
