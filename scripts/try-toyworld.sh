@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The no-download demo: a real ComfyUI server with this pack on the toy world's model (committed in
 # bench/toyworld/model/, 64x64 images), trains a concept, writes Gate Sweep grids and a fidelity /
-# editability plot into ./toyworld-demo (about 5-10 minutes on a CPU).
+# editability plot into ./toyworld-demo (1.5 min on an idle 2-core CPU, up to 10 on a busy one).
 #
 #   COMFYUI_PATH=/path/to/ComfyUI bash scripts/try-toyworld.sh [--out DIR] [--steps 200] [--samples 16]
 #

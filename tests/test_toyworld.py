@@ -81,6 +81,26 @@ def test_the_committed_evaluator_reads_clean_renders():
     assert (read["concept"].argmax(1) == 1).all()
 
 
+def test_fine_tuning_on_generated_negatives_teaches_the_concept_heads_no_concept_and_keeps_the_rest():
+    torch = pytest.importorskip("torch")
+    from toyworld import evaluator, generated
+    torch.manual_seed(0)
+    net = evaluator.load()
+    # stand-ins for base-model samples: a striped-circle render made yellow-ish and blurred, which the
+    # render-trained head may call the concept; the fine-tuning must learn "no concept" for them
+    refs = torch.from_numpy(world.references(world.CONCEPTS[0])).float()
+    fakes = (refs * torch.tensor([1.0, 0.9, 0.2]) + torch.tensor([0.0, 0.1, 0.0])).clamp(0, 1)
+    fakes = torch.cat([fakes] * 8)
+    before = evaluator.read(net, fakes)["concept"][:, 0].mean()
+    tuned = generated.finetune(net, fakes, round_trip=lambda x: x, steps=30, batch=32, lr=1e-3, log=lambda *_: None)
+    after = evaluator.read(tuned, fakes)
+    assert after["concept"][:, 0].mean() > max(0.9, float(before)), (before, after["concept"][:, 0].mean())
+    assert (after["second_concept"].argmax(1) == 0).all()
+    accuracy = evaluator.accuracy_on_renders(tuned, seed=5, count=200, degraded=False)
+    assert accuracy["concept"] > 0.9 and accuracy["colour"] > 0.9, accuracy
+    assert (evaluator.read(tuned, refs)["concept"].argmax(1) == 1).all()
+
+
 def _score(fidelity, edit):
     per_prompt = {"alone": {"fidelity": fidelity, "leak": 0.5}}
     for name in ("background", "small", "second", "left"):
@@ -177,25 +197,48 @@ def test_a_rerun_benchmark_keeps_finished_units_of_the_same_model_and_settings(t
     assert benchmark.pending(units, str(tmp_path)) == units[1:]
 
 
-def test_the_report_has_every_method_the_pairs_and_the_plot(tmp_path):
-    pytest.importorskip("PIL")
-    from toyworld import report
+def _results(seeds, base_fidelity=0.02):
+    """A results.json of one perfusion and one lora8 run per seed (split-square), and pairs."""
     runs = []
-    for seed in (0, 1):
+    for seed in seeds:
         runs.append({"method": "perfusion", "concept": "split-square", "seed": seed, "seconds": 30, "peak_bytes": 2**20,
                      "file_bytes": 7000, "settings": [{"setting": [b, 1.0], **_score(0.8 - b / 4, 0.3 + b / 4)}
                                                       for b in (0.0, 0.7, 2.0)]})
         runs.append({"method": "lora8", "concept": "split-square", "seed": seed, "seconds": 40, "peak_bytes": 2**21,
                      "file_bytes": 3 * 2**20, "settings": [{"setting": s, **_score(s * 0.7, 0.6)} for s in (0.5, 1.0)]})
     pair = {"prompt": "p", "fidelity_main": 0.5, "fidelity_second": 0.2, "second_present": 0.9, "edit": 0.7}
-    results = {"config": {"steps": 200, "batch": 8, "samples": 32, "seeds": [0, 1], "lora_rate": 3e-4,
-                          "concepts": ["split-square"], "sampler": {}, "tau": 0.15, "torch": "x", "quick": False},
-               "baseline": {"split-square": _score(0.02, 0.6)}, "runs": runs,
-               "pairs": [{"method": m, "seed": s, "pair": pair, "pair_background": pair}
-                         for m in ("perfusion", "lora8") for s in (0, 1)]}
+    return {"config": {"steps": 200, "batch": 8, "samples": 32, "seeds": list(seeds), "lora_rate": 3e-4,
+                       "concepts": ["split-square"], "sampler": {}, "tau": 0.15, "torch": "x", "quick": False},
+            "baseline": {"split-square": _score(base_fidelity, 0.6)}, "runs": runs,
+            "pairs": [{"method": m, "seed": s, "pair": pair, "pair_background": pair}
+                      for m in ("perfusion", "lora8") for s in seeds]}
+
+
+def test_the_report_has_every_method_the_pairs_and_the_plot(tmp_path):
+    pytest.importorskip("PIL")
+    from toyworld import report
+    results = _results((0, 1))
     agg = report.write(results, str(tmp_path))
     text = (tmp_path / "report.md").read_text()
     assert "| Perfusion | 0.62 ± 0.00" in text and "| LoRA rank 8 | 0.70 ± 0.00" in text
     assert "## Two concepts in one prompt" in text and "0.50 ± 0.00" in text
     assert agg["perfusion"]["[2.0, 1.0]"]["editability"][0] == pytest.approx(0.8)
     assert (tmp_path / "fidelity_editability.png").stat().st_size > 1000
+
+
+def test_runs_over_disjoint_seeds_merge_into_one_benchmark_and_mismatched_runs_are_refused():
+    from toyworld import report
+    merged = report.merge(_results((0, 1)), _results((2,)))
+    assert merged["config"]["seeds"] == [0, 1, 2]
+    assert [(r["method"], r["seed"]) for r in merged["runs"]] == [
+        ("perfusion", 0), ("lora8", 0), ("perfusion", 1), ("lora8", 1), ("perfusion", 2), ("lora8", 2)]
+    assert sorted(p["seed"] for p in merged["pairs"]) == [0, 0, 1, 1, 2, 2]
+    assert report.aggregate(merged)["perfusion"]["[0.0, 1.0]"]["runs"] == 3
+    with pytest.raises(ValueError, match="seeds \\[1\\]"):
+        report.merge(_results((0, 1)), _results((1,)))
+    other = _results((2,))
+    other["config"]["samples"] = 16
+    with pytest.raises(ValueError, match="samples \\(32 vs 16\\)"):
+        report.merge(_results((0, 1)), other)
+    with pytest.raises(ValueError, match="base model scores split-square differently"):
+        report.merge(_results((0, 1)), _results((2,), base_fidelity=0.03))

@@ -27,13 +27,17 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.dirname(HERE)
 ROOT = os.path.dirname(BENCH)
-CONCEPT = "split-square"
+CONCEPT = "striped-circle"     # where Perfusion draws the concept most often in the benchmark (docs/toyworld/report.md)
 TRIGGER = "sks"
 BETAS = (0.0, 0.4, 0.7, 1.0, 1.4, 2.0)
 SAMPLER = {"steps": 20, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal"}
 if BENCH not in sys.path:
     sys.path.insert(0, BENCH)
-PROMPTS = {"alone": "a photo of a {}", "background": "a photo of a {} on a purple background",
+from toyworld import benchmark, world                                       # noqa: E402
+
+EDIT_BACKGROUND = benchmark.EDIT_BACKGROUND[CONCEPT]     # a colour none of the references has
+SUPERCLASS = next(c for c in world.CONCEPTS if c.name == CONCEPT).superclass
+PROMPTS = {"alone": "a photo of a {}", "background": f"a photo of a {{}} on a {EDIT_BACKGROUND} background",
            "small": "a photo of a small {}"}     # the trainer's template prefix, as in the benchmark
 
 
@@ -156,7 +160,7 @@ def score_graph(filename, samples):
                 "model": ["L", 0], "trigger": TRIGGER, "beta": beta, "tau": 0.15, "strength": 1.0, "key_lock": "local",
                 "start_percent": 0.0, "end_percent": 1.0}}
             model = [f"G{tag}", 0]
-        word = TRIGGER if beta is not None else "square"
+        word = TRIGGER if beta is not None else SUPERCLASS
         for k, (name, text) in enumerate(PROMPTS.items()):
             p, s, d = f"P{tag}{k}", f"K{tag}{k}", f"D{tag}{k}"
             g[p] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": text.format(word)}}
@@ -179,7 +183,7 @@ def read_images(output, prefix):
 def evaluate(output, samples):
     """Fidelity and editability per beta, from the saved samples."""
     import torch
-    from toyworld import evaluator, world
+    from toyworld import evaluator
     net = evaluator.load()
     concept = next(c for c in world.ALL_CONCEPTS if c.name == CONCEPT)
     target = world.ALL_CONCEPTS.index(concept) + 1
@@ -188,11 +192,11 @@ def evaluate(output, samples):
         images = {name: torch.from_numpy(read_images(output, f"score_{tag}_{name}")) for name in PROMPTS}
         read = {name: evaluator.read(net, im) for name, im in images.items()}
         fid = {name: float(r["concept"][:, target].mean()) for name, r in read.items()}
-        edit_bg = float((read["background"]["background"].argmax(1) == world.COLOUR_NAMES.index("purple")).float().mean())
+        edit_bg = float((read["background"]["background"].argmax(1) == world.COLOUR_NAMES.index(EDIT_BACKGROUND)).float().mean())
         edit_small = float((read["small"]["size"].argmax(1) == world.SIZES.index("small")).float().mean())
         rows[tag] = {"fidelity_alone": fid["alone"], "fidelity_edits": (fid["background"] + fid["small"]) / 2,
                      "editability": (edit_bg + edit_small) / 2, "edit_background": edit_bg, "edit_small": edit_small}
-        grid_rows += [(images[name], f"{tag}: {PROMPTS[name].format(TRIGGER if tag != 'base' else 'square')}")
+        grid_rows += [(images[name], f"{tag}: {PROMPTS[name].format(TRIGGER if tag != 'base' else SUPERCLASS)}")
                       for name in PROMPTS]
     return rows, grid_rows
 

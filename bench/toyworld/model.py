@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import comfy.latent_formats
+import comfy.ldm.models.autoencoder
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
@@ -81,7 +82,10 @@ def build_clip():
 
 
 def build_vae():
-    vae = comfy.sd.VAE(sd={}, config={"params": {"ddconfig": dict(VAE_CONFIG), "embed_dim": LATENT_CHANNELS}})
+    params = {"ddconfig": dict(VAE_CONFIG), "embed_dim": LATENT_CHANNELS}
+    # ComfyUI warns of every key missing from an empty state dict; init_ or load() sets the weights after
+    keys = comfy.ldm.models.autoencoder.AutoencoderKL(**params).state_dict()
+    vae = comfy.sd.VAE(sd=keys, config={"params": params})
     vae.latent_channels = LATENT_CHANNELS          # ComfyUI assumes SD's 4 for a VAE built from a config
     return vae
 

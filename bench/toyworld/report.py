@@ -185,6 +185,59 @@ def write(results, out):
     return agg
 
 
+# Another CPU rounds the same base-model units differently in the 7th digit (measured: 2e-7).
+BASELINE_TOLERANCE = 1e-4
+# The settings two runs must share for their units to be one benchmark (seeds aside).
+SAME_CONFIG = ("steps", "batch", "samples", "lora_rate", "concepts", "sampler", "tau", "torch", "quick", "jobs")
+
+
+def merge(results, other):
+    """``results`` with ``other``'s seeds added: two runs of the same benchmark over disjoint seeds (for
+    example ``--seeds 0,1`` on one day and ``--seeds 2`` on another) are the run over all of them, since
+    every unit is deterministic for its seed. Refuses runs whose settings differ, whose seeds overlap, or
+    whose base-model scores (the same units in both) disagree beyond float rounding: different code or model."""
+    a, b = results["config"], other["config"]
+    differ = [k for k in SAME_CONFIG if a.get(k) != b.get(k)]
+    if differ:
+        raise ValueError("merge: the runs' settings differ in " + ", ".join(f"{k} ({a.get(k)!r} vs {b.get(k)!r})"
+                                                                      for k in differ))
+    if set(a["seeds"]) & set(b["seeds"]):
+        raise ValueError(f"merge: both runs have seeds {sorted(set(a['seeds']) & set(b['seeds']))}; expected disjoint seeds")
+    for name, base in results["baseline"].items():
+        again = other["baseline"].get(name)
+        if again is not None and any(abs(base[k] - again[k]) > BASELINE_TOLERANCE for k in METRICS):
+            raise ValueError(f"merge: the base model scores {name} differently in the two runs "
+                             f"({base['fidelity_alone']!r} vs {again['fidelity_alone']!r}): not the same code "
+                             "or model, so their units are not one benchmark")
+    merged = json.loads(json.dumps(results))
+    merged["config"]["seeds"] = sorted(a["seeds"] + b["seeds"])
+    merged["baseline"] = {**other["baseline"], **results["baseline"]}
+    key = lambda r: (a["concepts"].index(r["concept"]), r["seed"])
+    merged["runs"] = sorted(results["runs"] + other["runs"], key=key)       # stable: method order kept
+    if results.get("pairs") or other.get("pairs"):
+        merged["pairs"] = sorted(results.get("pairs", []) + other.get("pairs", []), key=lambda r: r["seed"])
+    return merged
+
+
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(description="Rewrite a benchmark folder's report.md and plot from its "
+                                                 "results.json, optionally adding another run's seeds first.")
+    parser.add_argument("folder", nargs="?", default=os.path.join(os.path.dirname(__file__), "..", "..", "docs", "toyworld"))
+    parser.add_argument("--merge", default="", metavar="FOLDER",
+                        help="a run of the same benchmark over other seeds (its results.json) to add to FOLDER's")
+    args = parser.parse_args(argv)
+    results = json.load(open(os.path.join(args.folder, "results.json")))
+    if args.merge:
+        try:
+            results = merge(results, json.load(open(os.path.join(args.merge, "results.json"))))
+        except ValueError as e:
+            sys.exit(str(e))
+        with open(os.path.join(args.folder, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+    write(results, args.folder)
+    print(f"wrote {args.folder}/report.md (seeds {results['config']['seeds']})")
+
+
 if __name__ == "__main__":
-    folder = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "results", "toyworld")
-    write(json.load(open(os.path.join(folder, "results.json"))), folder)
+    main()
