@@ -242,3 +242,10 @@ def test_runs_over_disjoint_seeds_merge_into_one_benchmark_and_mismatched_runs_a
         report.merge(_results((0, 1)), other)
     with pytest.raises(ValueError, match="base model scores split-square differently"):
         report.merge(_results((0, 1)), _results((2,), base_fidelity=0.03))
+
+
+def test_the_report_command_names_a_folder_without_results_and_writes_nothing(tmp_path):
+    from toyworld import report
+    with pytest.raises(SystemExit, match="no results.json there"):
+        report.main([str(tmp_path), "--merge", str(tmp_path / "missing")])
+    assert list(tmp_path.iterdir()) == []

@@ -227,6 +227,9 @@ def main(argv=None):
     parser.add_argument("--merge", default="", metavar="FOLDER",
                         help="a run of the same benchmark over other seeds (its results.json) to add to FOLDER's")
     args = parser.parse_args(argv)
+    for folder in filter(None, (args.folder, args.merge)):
+        if not os.path.exists(os.path.join(folder, "results.json")):
+            sys.exit(f"{folder}: no results.json there; expected a folder the benchmark wrote (its --out)")
     results = json.load(open(os.path.join(args.folder, "results.json")))
     if args.merge:
         try:
